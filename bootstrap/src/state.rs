@@ -1,0 +1,1 @@
+//! Per-phase state markers under /var/lib/nodeboot: resume after a crash, no-op when done.

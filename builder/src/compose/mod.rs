@@ -1,0 +1,1 @@
+//! Stages `rootfs`, `customize` and `ostreeify`: from packages to an OSTree-ready tree.

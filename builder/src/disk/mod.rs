@@ -1,0 +1,1 @@
+//! Stage `disk`: GPT layout, filesystems and bootloaders written into a raw disk image.

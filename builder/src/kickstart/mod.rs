@@ -1,0 +1,1 @@
+//! Stage `pxe`: kickstart and network boot configurations for installing the commit on bare metal.
