@@ -1,0 +1,34 @@
+# nodeimg — the two entry points a new user needs. Each installs what it needs first
+# (Debian packages via ci/setup; run as root on Debian 12).
+
+CARGO ?= cargo
+RECIPE ?= recipes/k8s-node.toml
+NODEIMG_FLAGS ?=
+
+.PHONY: image test e2e bench setup-build setup-test clean-images
+
+## Build the default image: OSTree commit + disk images under images/.
+image: setup-build
+	$(CARGO) build --release --locked -p nodeimg-builder -p nodeboot
+	./target/release/nodeimg build $(RECIPE) $(NODEIMG_FLAGS)
+
+## Run the test suite (format, lints, unit + integration tests).
+test: setup-test
+	ci/test
+
+## Boot tests in qemu (slow: builds a real image, boots it under TCG).
+e2e:
+	ci/e2e
+
+## Benchmarks: print build, export and boot figures.
+bench:
+	ci/bench
+
+setup-build:
+	ci/setup build
+
+setup-test:
+	ci/setup test
+
+clean-images:
+	find images -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
