@@ -6,6 +6,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod firstboot;
+pub mod join;
 pub mod kubeadm;
 pub mod secrets;
 pub mod sources;

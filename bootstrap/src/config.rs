@@ -1,1 +1,0 @@
-//! Node config schema v1 (user-data), shared with `nodeimg` for build-time validation.
