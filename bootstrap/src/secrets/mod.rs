@@ -3,7 +3,17 @@
 //! A store is a key → secret-string map with two operations. The join material's own format
 //! (JSON with the token, CA hashes, certificate key and expiry times) is defined by the caller;
 //! stores treat the value as opaque.
+//!
+//! Keys are `/`-separated paths of `[A-Za-z0-9._-]` segments (e.g. `clusters/prod/join`), the
+//! subset every backend accepts unchanged: a Vault KV v2 path, a Secrets Manager name, a
+//! relative file path. No error message of a store contains a secret value or a credential.
 
+pub mod aws;
+pub mod file;
+pub mod sigv4;
+pub mod vault;
+
+use anyhow::Context;
 use nodeimg_common::Secret;
 
 /// Why a store operation failed. Callers branch on it: `NotFound` means "wait and retry" for
@@ -85,7 +95,14 @@ fn default_vault_mount() -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(tag = "method", rename_all = "kebab-case", deny_unknown_fields)]
+// `rename_all` renames the variants only; the fields of struct variants need
+// `rename_all_fields` to be kebab-case like every other config key.
+#[serde(
+    tag = "method",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case",
+    deny_unknown_fields
+)]
 pub enum VaultAuth {
     /// A token read from a file (never inline).
     Token { token_file: std::path::PathBuf },
@@ -120,6 +137,92 @@ pub struct FileConfig {
 /// Build the store a config names. Credentials are read here (files, instance role), so a
 /// missing credential fails before any kubeadm work starts.
 pub fn open(config: &StoreConfig) -> anyhow::Result<Box<dyn SecretStore>> {
-    // Replaced by the per-kind modules (vault, aws, file).
-    anyhow::bail!("secret store {config:?} is not supported by this build")
+    Ok(match config {
+        StoreConfig::File(c) => Box::new(file::FileStore::new(&c.dir)),
+        StoreConfig::Vault(c) => Box::new(
+            vault::VaultStore::from_config(c)
+                .with_context(|| format!("setting up the Vault store at {}", c.address))?,
+        ),
+        StoreConfig::Aws(c) => Box::new(aws::AwsStore::from_config(c).with_context(|| {
+            format!("setting up the AWS Secrets Manager store in {}", c.region)
+        })?),
+    })
+}
+
+/// Check a key against the rule in the module documentation.
+pub fn validate_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 512 {
+        return Err(format!(
+            "secret key `{key}` must be 1 to 512 characters long"
+        ));
+    }
+    for seg in key.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!(
+                "secret key `{key}` has an empty, `.` or `..` path segment"
+            ));
+        }
+        if let Some(c) = seg
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
+        {
+            return Err(format!(
+                "secret key `{key}` contains `{c}`; allowed are letters, digits, `.`, `_`, `-` and `/` between segments"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// [`validate_key`] as a store error.
+pub(crate) fn check_key(store: &dyn SecretStore, key: &str) -> Result<(), StoreError> {
+    validate_key(key).map_err(|detail| StoreError::Other {
+        store: store.describe(),
+        detail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert!(validate_key("clusters/prod-1/join_v2.json").is_ok());
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "a/../b",
+            "a/./b",
+            "trailing/",
+            "sp ace",
+            "a\\b",
+            "ü",
+        ] {
+            assert!(validate_key(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(validate_key(&"a".repeat(513)).is_err());
+    }
+
+    #[test]
+    fn config_parses_strictly() {
+        let c: StoreConfig = toml::from_str(
+            r#"
+kind = "vault"
+address = "https://vault.example:8200"
+auth = { method = "approle", role-id-file = "/etc/nodeboot/role-id", secret-id-file = "/run/secret-id" }
+"#,
+        )
+        .unwrap();
+        let StoreConfig::Vault(v) = c else {
+            panic!("vault expected")
+        };
+        assert_eq!(v.mount, "secret");
+        assert!(matches!(v.auth, VaultAuth::Approle { ref mount, .. } if mount == "approle"));
+        let err = toml::from_str::<StoreConfig>("kind = \"file\"\ndir = \"/x\"\ntoken = \"t\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("token"), "{err}");
+    }
 }
