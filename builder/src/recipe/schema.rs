@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use nodeimg_common::digest::Sha256Hex;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+
+pub use super::values::{AbsPath, ArtifactUrl, HttpUrl, Mode, Name, Size, SysctlValue};
 
 /// The only recipe format version this build understands.
 pub const RECIPE_VERSION: u32 = 1;
@@ -156,9 +158,14 @@ pub struct Base {
     pub mirrors: Vec<HttpUrl>,
     #[serde(default = "default_components")]
     pub components: Vec<String>,
-    /// Packages installed on top of the essential set.
+    /// Packages installed on top of the essential set. In a resolved recipe this is the full
+    /// list: `extra-packages` of every layer are appended to it while resolving.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Packages added by a layer without restating `packages`. Unlike every other list, these
+    /// accumulate across `extends`/`include` layers; always empty in a resolved recipe.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_packages: Vec<String>,
     /// Packages that must not end up in the image (passed to apt as `pkg-`).
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -280,8 +287,9 @@ pub struct Os {
     /// Kernel modules loaded at boot (`/etc/modules-load.d/nodeimg.conf`).
     #[serde(default)]
     pub kernel_modules: Vec<String>,
-    /// sysctl settings (`/etc/sysctl.d/90-nodeimg.conf`), key to value.
-    #[serde(default)]
+    /// sysctl settings (`/etc/sysctl.d/90-nodeimg.conf`), key to value. Keys may be quoted or
+    /// dotted; both mean the same sysctl.
+    #[serde(default, deserialize_with = "super::values::deserialize_sysctls")]
     pub sysctls: BTreeMap<String, SysctlValue>,
     /// Swap must be off for the kubelet; `off` masks swap units and sets no swap in fstab.
     #[serde(default)]
@@ -304,25 +312,6 @@ pub struct Os {
     pub users: Vec<User>,
     #[serde(default)]
     pub units: Units,
-}
-
-/// A sysctl value as written: string, integer or boolean (booleans become 1/0).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum SysctlValue {
-    Int(i64),
-    Bool(bool),
-    Str(String),
-}
-
-impl fmt::Display for SysctlValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SysctlValue::Int(i) => write!(f, "{i}"),
-            SysctlValue::Bool(b) => write!(f, "{}", u8::from(*b)),
-            SysctlValue::Str(s) => f.write_str(s),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -574,203 +563,4 @@ pub struct Commit {
     /// Also generate a static delta from the previous commit on the ref.
     #[serde(default)]
     pub static_delta: bool,
-}
-
-// ----------------------------------------------------------------------------------------
-// Validating newtypes
-
-macro_rules! string_newtype {
-    ($name:ident, $check:expr, $what:literal) => {
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                let check: fn(&str) -> bool = $check;
-                if check(s) {
-                    Ok($name(s.to_owned()))
-                } else {
-                    Err(format!("`{s}` is not {}", $what))
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{:?}", self.0)
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-
-string_newtype!(
-    Name,
-    |s| !s.is_empty()
-        && s.len() <= 63
-        && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'),
-    "a valid name (lower-case letters, digits, `-`, `_`; at most 63 characters; starting with a letter or digit)"
-);
-
-string_newtype!(
-    AbsPath,
-    |s| s.starts_with('/') && !s.split('/').any(|c| c == "..") && !s.contains('\0'),
-    "an absolute path without `..`"
-);
-
-string_newtype!(
-    HttpUrl,
-    |s| url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()),
-    "an http:// or https:// URL"
-);
-
-string_newtype!(
-    ArtifactUrl,
-    |s| url::Url::parse(s).is_ok_and(|u| match u.scheme() {
-        "http" | "https" => u.has_host(),
-        "file" => !u.path().is_empty(),
-        _ => false,
-    }),
-    "an http://, https:// or file:// URL"
-);
-
-/// A Unix file mode written as an octal string (`"0755"`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Mode(pub u32);
-
-impl fmt::Debug for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04o}", self.0)
-    }
-}
-
-impl FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let digits = s.strip_prefix("0o").unwrap_or(s);
-        match u32::from_str_radix(digits, 8) {
-            Ok(m) if (3..=5).contains(&digits.len()) && m <= 0o7777 => Ok(Mode(m)),
-            _ => Err(format!(
-                "`{s}` is not a file mode (expected an octal string such as \"0644\")"
-            )),
-        }
-    }
-}
-
-impl Serialize for Mode {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{:04o}", self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Mode {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// A size in bytes, written as an integer or a string with a binary or decimal unit
-/// (`"512MiB"`, `"4G"`, `"10Mi"`).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Size(pub u64);
-
-impl Size {
-    pub fn bytes(&self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Debug for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self)
-    }
-}
-
-impl fmt::Display for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [
-            ("TiB", 1 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ];
-        for (unit, n) in UNITS {
-            if self.0 >= n && self.0 % n == 0 {
-                return write!(f, "{}{unit}", self.0 / n);
-            }
-        }
-        write!(f, "{}", self.0)
-    }
-}
-
-impl FromStr for Size {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let bad = || format!("`{s}` is not a size (examples: 4096, \"512MiB\", \"4GiB\", \"10M\")");
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "K" | "KiB" | "Ki" => 1 << 10,
-            "M" | "MiB" | "Mi" => 1 << 20,
-            "G" | "GiB" | "Gi" => 1 << 30,
-            "T" | "TiB" | "Ti" => 1 << 40,
-            "KB" | "kB" => 1000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "TB" => 1_000_000_000_000,
-            _ => return Err(bad()),
-        };
-        n.checked_mul(mult).map(Size).ok_or_else(bad)
-    }
-}
-
-impl Serialize for Size {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Size(n)),
-            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
-        }
-    }
 }
