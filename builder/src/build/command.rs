@@ -1,0 +1,93 @@
+//! The `build` and `inspect` subcommands.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use super::{build, manifest_path, BuildOptions, InitramfsCheck};
+use crate::fetch::Mirror;
+use crate::recipe::schema::Format;
+
+/// `nodeimg build RECIPE`: recipe to OSTree commit, manifest and SBOM.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The recipe file.
+    pub recipe: PathBuf,
+    /// Archive-mode OSTree repository to commit to (created if missing).
+    #[arg(long, default_value = "images/repo")]
+    pub repo: PathBuf,
+    /// Directory the build's output directory `<name>-<version>/` goes into.
+    #[arg(long, default_value = "images")]
+    pub output: PathBuf,
+    /// Build cache [default: $XDG_CACHE_HOME/nodeimg or ~/.cache/nodeimg].
+    #[arg(long, env = "NODEIMG_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Fetch artifacts from this mirror server or directory before upstream.
+    #[arg(long, value_name = "URL|DIR")]
+    pub artifact_mirror: Option<Mirror>,
+    /// Never use the network for artifacts (cache, file:// and a mirror directory only).
+    #[arg(long)]
+    pub offline: bool,
+    /// Print the manifest as JSON on stdout (progress stays off).
+    #[arg(long)]
+    pub json: bool,
+    /// Formats to produce after the commit [default: the recipe's image.formats].
+    #[arg(long, value_delimiter = ',', value_name = "raw,qcow2,vhd,pxe")]
+    pub format: Option<Vec<Format>>,
+    /// Only check that the initramfs exists, not that it holds ostree-prepare-root. For test
+    /// fixtures whose initramfs is a placeholder; an image built so may not boot.
+    #[arg(long)]
+    pub skip_initramfs_check: bool,
+}
+
+/// `nodeimg inspect REPO [REF]`: a commit's checksum, parent, date, version, metadata and size.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The OSTree repository.
+    pub repo: PathBuf,
+    /// A ref or commit checksum [default: the repository's only ref].
+    pub rev: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_build(args: &BuildArgs) -> Result<()> {
+    crate::progress::set_quiet(args.json);
+    let opts = BuildOptions {
+        recipe: args.recipe.clone(),
+        repo: args.repo.clone(),
+        output: args.output.clone(),
+        cache_dir: args.cache_dir.clone(),
+        artifact_mirror: args.artifact_mirror.clone(),
+        offline: args.offline,
+        formats: args.format.clone(),
+        initramfs_check: if args.skip_initramfs_check {
+            InitramfsCheck::ExistsOnly
+        } else {
+            InitramfsCheck::Lsinitrd
+        },
+    };
+    let outcome = build(&opts)?;
+    if args.json {
+        let text =
+            serde_json::to_string_pretty(&outcome.manifest).context("serialising the manifest")?;
+        println!("{text}");
+    } else {
+        let c = &outcome.manifest.commit;
+        eprintln!("commit   {} ({})", c.checksum, c.ostree_ref);
+        eprintln!("manifest {}", manifest_path(&outcome).display());
+    }
+    Ok(())
+}
+
+pub fn run_inspect(args: &InspectArgs) -> Result<()> {
+    let info = crate::commit::inspect(&args.repo, args.rev.as_deref())?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&info).context("serialising the commit info")?;
+        println!("{text}");
+    } else {
+        print!("{}", crate::commit::render_text(&info));
+    }
+    Ok(())
+}
