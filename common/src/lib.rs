@@ -8,6 +8,7 @@
 pub mod cmd;
 pub mod digest;
 pub mod fsutil;
+pub mod golden;
 pub mod secret;
 
 pub use cmd::Cmd;
