@@ -6,6 +6,8 @@
 //! `recipe` → `fetch` → `compose::rootfs` → `compose::node` → `compose::ostreeify` →
 //! `commit` → `deploy` → `disk` → `export` / `kickstart`.
 
+pub mod boot;
+pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod commit;
