@@ -346,25 +346,9 @@ fn sshd_dropin() -> String {
         .to_owned()
 }
 
+/// nodeboot's own unit file: the `nodeboot` crate owns its command line and unit.
 fn nodeboot_service() -> String {
-    format!(
-        "[Unit]\n\
-         Description=nodeboot: first-boot bootstrap of the Kubernetes node\n\
-         Wants=network-online.target\n\
-         After=network-online.target containerd.service\n\
-         # nodeboot writes this marker when every first-boot phase has succeeded.\n\
-         ConditionPathExists=!/var/lib/nodeboot/done\n\
-         \n\
-         [Service]\n\
-         Type=oneshot\n\
-         RemainAfterExit=yes\n\
-         ExecStart={NODEBOOT_PATH} firstboot\n\
-         StandardOutput=journal+console\n\
-         StandardError=journal+console\n\
-         \n\
-         [Install]\n\
-         WantedBy=multi-user.target\n"
-    )
+    nodeboot::units::NODEBOOT_SERVICE.to_owned()
 }
 
 /// Compare a rendered text with its golden file under `builder/testdata/compose/`.
