@@ -487,8 +487,10 @@ mod tests {
         fn redact(l: &str) -> String {
             l.replace("abcdef.0123456789abcdef", "<redacted>")
         }
+        // The secret arrives on stdin (never in argv, which the error message shows).
         let err = Cmd::new("sh")
-            .args(["-c", "echo token abcdef.0123456789abcdef >&2; exit 1"])
+            .args(["-c", "printf 'token '; cat >&2; exit 1"])
+            .stdin("abcdef.0123456789abcdef\n")
             .filter_stderr(redact)
             .run()
             .unwrap_err();

@@ -43,15 +43,9 @@ impl AtomicFile {
 
     pub fn create_mode(target: impl AsRef<Path>, mode: u32) -> Result<Self> {
         let target = target.as_ref().to_path_buf();
-        let dir = parent_dir(&target);
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("creating directory {}", dir.display()))?;
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let (dir, prefix) = sibling_of(&target)?;
         let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+            .prefix(&prefix)
             .suffix(".tmp")
             .permissions(fs::Permissions::from_mode(mode))
             .tempfile_in(&dir)
@@ -120,15 +114,9 @@ pub struct AtomicDir {
 impl AtomicDir {
     pub fn create(target: impl AsRef<Path>) -> Result<Self> {
         let target = target.as_ref().to_path_buf();
-        let parent = parent_dir(&target);
-        fs::create_dir_all(&parent)
-            .with_context(|| format!("creating directory {}", parent.display()))?;
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let (parent, prefix) = sibling_of(&target)?;
         let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+            .prefix(&prefix)
             .suffix(".partial")
             .tempdir_in(&parent)
             .with_context(|| {
@@ -186,6 +174,18 @@ impl AtomicDir {
         sync_dir(&parent_dir(&self.target));
         Ok(())
     }
+}
+
+/// The directory a target lives in (created if missing) and the temp-name prefix used for
+/// siblings of the target: `.<name>.`, hidden so a listing never shows half-written output.
+fn sibling_of(target: &Path) -> Result<(PathBuf, String)> {
+    let dir = parent_dir(target);
+    fs::create_dir_all(&dir).with_context(|| format!("creating directory {}", dir.display()))?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((dir, format!(".{name}.")))
 }
 
 fn parent_dir(p: &Path) -> PathBuf {

@@ -9,6 +9,7 @@ pub mod cmd;
 pub mod digest;
 pub mod fsutil;
 pub mod golden;
+pub mod logging;
 pub mod secret;
 
 pub use cmd::Cmd;

@@ -51,7 +51,7 @@ fn fld(f: &Option<String>) -> String {
 }
 
 /// The role of this node in its cluster. Stated explicitly: nodes never guess.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// The first control-plane node: `kubeadm init`, then publish the join material.

@@ -58,24 +58,8 @@ pub struct InventoryNode {
     pub install_device: Option<String>,
 }
 
-/// nodeboot roles, as in the node config schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    Init,
-    JoinControlPlane,
-    JoinWorker,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Init => "init",
-            Role::JoinControlPlane => "join-control-plane",
-            Role::JoinWorker => "join-worker",
-        })
-    }
-}
+/// Roles are nodeboot's own: the inventory must name the same ones the user-data declares.
+pub use nodeboot::config::Role;
 
 /// A MAC address, normalised to lower-case colon form.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -325,11 +325,11 @@ pub fn render_all(req: &PxeRequest, inventory: Option<&Inventory>) -> Result<Vec
 fn check_role(text: &str, origin: &Path, role: Role) -> Result<()> {
     let config = nodeboot::config::parse_node_config(text, &origin.display().to_string())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let declared = config.role.to_string();
-    if declared != role.to_string() {
+    if config.role != role {
         bail!(
-            "user-data {} declares role `{declared}` but the inventory gives this machine role `{role}`",
-            origin.display()
+            "user-data {} declares role `{}` but the inventory gives this machine role `{role}`",
+            origin.display(),
+            config.role
         );
     }
     Ok(())
