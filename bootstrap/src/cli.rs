@@ -42,6 +42,14 @@ pub enum Command {
     Validate(FileArgs),
     /// Print the kubeadm config `run` would write for a node config, secrets redacted.
     Render(RenderArgs),
+    /// Pull a new OS version and deploy it as the next boot's default (docs/lifecycle.md).
+    Upgrade(crate::lifecycle::command::UpgradeArgs),
+    /// Make the previous OS deployment the default again, or discard a pending upgrade.
+    Rollback(crate::lifecycle::command::RollbackArgs),
+    /// Health gate after an OS change: confirm the new deployment or roll it back.
+    Health(crate::lifecycle::command::HealthArgs),
+    /// Install a nodeimg raw disk image onto a disk over the network (the PXE installer).
+    Install(crate::install::command::InstallArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +128,9 @@ pub fn run_with(args: Vec<OsString>, out: &mut dyn Write) -> Result<()> {
     match cli.command {
         Command::Run(a) => cmd_run(a, out),
         Command::Status(a) => cmd_status(a, out),
+        Command::Upgrade(a) => crate::lifecycle::command::upgrade(a, out),
+        Command::Rollback(a) => crate::lifecycle::command::rollback(a, out),
+        Command::Health(a) => crate::lifecycle::command::health(a, out),
         Command::Validate(a) => {
             let (cfg, _) = load_file(&a.file)?;
             writeln!(
@@ -133,6 +144,7 @@ pub fn run_with(args: Vec<OsString>, out: &mut dyn Write) -> Result<()> {
             )?;
             Ok(())
         }
+        Command::Install(a) => crate::install::command::run(a, out),
         Command::Render(a) => {
             let (cfg, _) = load_file(&a.file)?;
             let version = match &a.kubeadm_version {
@@ -359,7 +371,12 @@ fn cmd_status(a: StatusArgs, out: &mut dyn Write) -> Result<()> {
             .collect();
         serde_json::to_writer_pretty(
             &mut *out,
-            &serde_json::json!({ "state-dir": a.state_dir, "complete": done, "phases": list }),
+            &serde_json::json!({
+                "state-dir": a.state_dir,
+                "complete": done,
+                "phases": list,
+                "os": crate::lifecycle::command::status_json(&a.state_dir),
+            }),
         )?;
         writeln!(out)?;
     } else {
@@ -380,6 +397,7 @@ fn cmd_status(a: StatusArgs, out: &mut dyn Write) -> Result<()> {
             };
             writeln!(out, "{:<16} {:<27} {}", p.name(), at, detail)?;
         }
+        crate::lifecycle::command::write_status(&a.state_dir, out)?;
     }
     Ok(())
 }
@@ -395,19 +413,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
-fn init_tracing() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NODEBOOT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
-}
-
 pub fn main(args: Vec<OsString>) -> ExitCode {
-    init_tracing();
+    nodeimg_common::logging::init("NODEBOOT_LOG", "info");
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
