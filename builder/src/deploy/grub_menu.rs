@@ -10,10 +10,9 @@
 //!   deploy/undeploy, and [`render_mkconfig_shim`] is that program. Both produce the same text
 //!   (proven by a test that runs the shim on the host against a staged sysroot).
 //!
-//! Boot counting (later): the menu's default is chosen only in [`MENU_HEADER`] and every entry
-//! has a stable id by position (`ostree-0-boot` = newest, `ostree-1-boot` = previous), so a
-//! grubenv-based fallback only has to replace the header's `set default=0` with a
-//! `load_env`/counter block that selects `ostree-1-boot`; the entries stay untouched.
+//! Boot counting: the menu's default is chosen only in [`menu_header`] (nodeboot's grubenv
+//! counter block) and every entry keeps its position (`ostree-0-boot` = newest, `ostree-1-boot`
+//! = previous), so falling back is `set default=1` and the entries stay untouched.
 
 use std::fmt::Write as _;
 
@@ -27,7 +26,15 @@ const BOOT_DEVICE_ID: &str = "boot";
 
 /// First lines of every generated menu. `load_video` is called by each entry (the form
 /// `grub2-generate` emits) but there is no display to set up: serial console only.
-pub const MENU_HEADER: &str = "set default=0\nset timeout=1\nfunction load_video { true; }\n";
+///
+/// The default entry comes from nodeboot's boot-counting block: entry 0 (the newest
+/// deployment) normally, entry 1 (the previous one) once an upgraded deployment has used up
+/// its tries without the health gate confirming it.
+pub fn menu_header() -> String {
+    let snippet = nodeboot::lifecycle::bootcount::grub_snippet();
+    let sep = if snippet.ends_with('\n') { "" } else { "\n" };
+    format!("{snippet}{sep}set timeout=1\nfunction load_video {{ true; }}\n")
+}
 
 /// How each entry selects the partition its paths are relative to.
 fn prepare_root() -> String {
@@ -52,7 +59,7 @@ pub fn render_static_grub_cfg() -> String {
 /// shim's rewrites: `linux`/`initrd` (work on both i386-pc and x86_64-efi, unlike `linux16`)
 /// and `gfxpayload=text` (there is no display; `keep` makes UEFI GRUB print an error).
 pub fn render_loader_menu(entries: &[BlsEntry]) -> String {
-    let mut out = String::from(MENU_HEADER);
+    let mut out = menu_header();
     for (index, e) in entries.iter().enumerate() {
         let title = e.title.as_deref().unwrap_or("(Untitled)");
         let id = format!("ostree-{index}-{BOOT_DEVICE_ID}");
@@ -99,7 +106,7 @@ pub const MKCONFIG_SHIM_PATH: &str = "usr/sbin/grub-mkconfig";
 /// healthy. libostree's own generator reads the BLS entries with the parser the in-image
 /// libostree writes them with; the script only normalises its output to the build-time form.
 pub fn render_mkconfig_shim() -> String {
-    let header_lines: String = MENU_HEADER
+    let header_lines: String = menu_header()
         .lines()
         .map(|l| format!(" '{}'", l.replace('\'', r"'\''")))
         .collect();
@@ -190,7 +197,7 @@ mod tests {
             .map(|l| l.rsplit(' ').nth(1).unwrap())
             .collect();
         assert_eq!(ids, ["'ostree-0-boot'", "'ostree-1-boot'"]);
-        assert!(menu.starts_with(MENU_HEADER));
+        assert!(menu.starts_with(&menu_header()));
         assert!(!menu.contains("linux16") && !menu.contains("gfxpayload=keep"));
     }
 
