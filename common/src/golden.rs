@@ -26,7 +26,10 @@ pub fn assert_golden(path: impl AsRef<Path>, actual: &str) {
             .lines()
             .zip(actual.lines())
             .position(|(a, b)| a != b)
-            .map_or_else(|| expected.lines().count().min(actual.lines().count()) + 1, |i| i + 1);
+            .map_or_else(
+                || expected.lines().count().min(actual.lines().count()) + 1,
+                |i| i + 1,
+            );
         panic!(
             "{} differs from the rendered output at line {first} (UPDATE_GOLDEN=1 to accept):\n--- expected\n{expected}\n--- actual\n{actual}",
             path.display()
