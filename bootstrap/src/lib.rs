@@ -7,8 +7,11 @@
 pub mod cli;
 pub mod config;
 pub mod firstboot;
+pub mod install;
 pub mod join;
 pub mod kubeadm;
+pub mod lifecycle;
 pub mod secrets;
 pub mod sources;
 pub mod state;
+pub mod units;
