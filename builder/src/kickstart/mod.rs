@@ -9,6 +9,7 @@
 //! Templates live in `kickstart/` at the repository root and are compiled in, so the binary
 //! renders the same output wherever it runs. Every rendered file is golden-tested.
 
+pub mod installer;
 pub mod inventory;
 
 use std::fmt::Write as _;
