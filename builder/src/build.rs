@@ -2,7 +2,8 @@
 //! directory, stage by stage, each skipped when its cache key matches.
 //!
 //! ```text
-//! resolve -> fetch -> rootfs -> customize -> ostreeify -> commit -> [later stages] -> manifest
+//! resolve -> fetch -> rootfs -> customize -> ostreeify -> commit -> publish
+//!   -> deploy -> disk -> export (raw, qcow2, vhd) -> pxe -> manifest
 //! ```
 //!
 //! Keys: the rootfs key covers the base and package set; the customize key adds the recipe
@@ -13,6 +14,8 @@
 //! on top of it without rebuilding anything.
 
 pub mod command;
+pub mod images;
+pub mod pxe;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -26,6 +29,7 @@ use crate::compose::{node, ostreeify, rootfs, Package};
 use crate::fetch::{self, FetchOptions, Fetched, Mirror};
 use crate::manifest::{self, Manifest, OutputDir, StageTiming};
 use crate::progress;
+use crate::publish::{self, PublishRequest};
 use crate::recipe::schema::{Format, Recipe};
 use crate::recipe::{self, Loaded};
 
@@ -51,6 +55,11 @@ pub struct BuildOptions {
     /// the later stages (disk, export, pxe).
     pub formats: Option<Vec<Format>>,
     pub initramfs_check: InitramfsCheck,
+    /// `--http-base`, `--userdata`, `--inventory`, `--install-device`.
+    pub pxe: pxe::PxeOptions,
+    /// Generate a static delta from the ref's previous commit even when the recipe does not
+    /// ask for one (`commit.static-delta`).
+    pub static_delta: bool,
 }
 
 impl BuildOptions {
@@ -65,6 +74,8 @@ impl BuildOptions {
             offline: false,
             formats: None,
             initramfs_check: InitramfsCheck::Lsinitrd,
+            pxe: pxe::PxeOptions::default(),
+            static_delta: false,
         }
     }
 }
@@ -84,8 +95,16 @@ pub struct PostCommit<'a> {
     pub repo: &'a Path,
     pub ostree_ref: &'a str,
     pub checksum: &'a str,
+    pub timestamp: u64,
+    pub kernel_version: &'a str,
     pub formats: &'a [Format],
     pub cache: &'a Cache,
+    /// Remote the booted system upgrades from (from `--http-base`).
+    pub remote: Option<(String, String)>,
+    /// Checked PXE inputs when `pxe` is among the formats.
+    pub pxe: Option<&'a pxe::PxeInputs>,
+    /// The nodeboot binary in the image (the PXE installer embeds it too).
+    pub nodeboot: Option<&'a Path>,
 }
 
 /// Run the whole build. Errors are one line of cause plus a hint where one helps.
@@ -105,9 +124,18 @@ fn require_root() -> Result<()> {
 
 /// Stage timings, in order.
 #[derive(Debug, Default)]
-struct Timings(Vec<StageTiming>);
+pub struct Timings(Vec<StageTiming>);
 
 impl Timings {
+    /// Record a stage that printed its own progress lines.
+    pub fn push(&mut self, name: &str, seconds: f64, cached: bool) {
+        self.0.push(StageTiming {
+            name: name.to_owned(),
+            seconds: (seconds * 10.0).round() / 10.0,
+            cached,
+        });
+    }
+
     fn add(&mut self, name: &str, step: progress::Step, cached: bool, note: &str) {
         let seconds = step.done_with(note);
         self.0.push(StageTiming {
@@ -127,6 +155,22 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
     let loaded = recipe::load(&opts.recipe)?;
     timings.add("resolve", step, false, loaded.digest.short(12));
     let recipe = &loaded.recipe;
+    let formats = opts
+        .formats
+        .clone()
+        .unwrap_or_else(|| recipe.image.formats.clone());
+    let pxe_inputs = if formats.contains(&Format::Pxe) {
+        Some(pxe::check(&opts.pxe)?)
+    } else {
+        let p = &opts.pxe;
+        if p.user_data.is_some() || p.inventory.is_some() || p.install_device.is_some() {
+            anyhow::bail!(
+                "--userdata, --inventory and --install-device only apply to the pxe format, \
+                 which this build does not produce (add --format ...,pxe)"
+            );
+        }
+        None
+    };
     let recipe_dir = loaded
         .path
         .parent()
@@ -163,6 +207,7 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
         .field("subject", subject(recipe))
         .finish();
 
+    let stage = cache.stage_repo();
     let hit = cached_commit(&cache, &commit_key, &opts.repo, &ostree_ref)?;
     let (committed, packages, kernel_version, reused) = match hit {
         Some(CacheHit::Current(entry)) => {
@@ -188,7 +233,7 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
             let recorded = recorded(&opts.repo, &entry.commit)?;
             let (packages, kver) = (recorded.packages, recorded.kernel_version);
             let metadata = commit_metadata(recipe, &loaded.digest, &kver, &packages);
-            let spec = commit_spec(opts, recipe, &ostree_ref, &metadata, timestamp);
+            let spec = commit_spec(opts, recipe, &ostree_ref, &metadata, timestamp, &stage);
             let committed = commit::commit(
                 &spec,
                 CommitSource::Existing {
@@ -252,10 +297,11 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
                 &report.kernel_version,
                 &rootfs.packages,
             );
-            let spec = commit_spec(opts, recipe, &ostree_ref, &metadata, timestamp);
+            let spec = commit_spec(opts, recipe, &ostree_ref, &metadata, timestamp, &stage);
             let committed = commit::commit(&spec, CommitSource::Tree(&tree))?;
             timings.add("commit", step, false, &committed.checksum[..12]);
             drop(work);
+            commit::prune_stage_repo(&stage)?;
             cache.gc_rootfs(KEEP_ROOTFS, &rootfs.key)?;
             (committed, rootfs.packages, report.kernel_version, false)
         }
@@ -270,23 +316,42 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
         },
     )?;
 
-    let formats = opts
-        .formats
-        .clone()
-        .unwrap_or_else(|| recipe.image.formats.clone());
+    let publish_record = if reused {
+        None
+    } else {
+        let step = progress::step("publish");
+        let rec = publish::publish(&PublishRequest {
+            repo: &opts.repo,
+            parent: committed.parent.as_deref(),
+            checksum: &committed.checksum,
+            static_delta: recipe.commit.static_delta || opts.static_delta,
+        })?;
+        let note = match &rec.static_delta {
+            Some(d) => format!("summary, static delta {} bytes", d.size),
+            None => "summary".to_owned(),
+        };
+        timings.add("publish", step, false, &note);
+        Some(rec)
+    };
+
     let mut out = OutputDir::create(
         &opts.output,
         recipe.image.name.as_str(),
         &recipe.image.version.to_string(),
     )?;
-    later_stages(
+    let notes = later_stages(
         &PostCommit {
             recipe,
             repo: &opts.repo,
             ostree_ref: &ostree_ref,
             checksum: &committed.checksum,
+            timestamp,
+            kernel_version: &kernel_version,
             formats: &formats,
             cache: &cache,
+            remote: pxe::remote_for(&opts.pxe, recipe.image.osname.as_str()),
+            pxe: pxe_inputs.as_ref(),
+            nodeboot: nodeboot_bin.as_deref(),
         },
         &mut out,
         &mut timings,
@@ -348,6 +413,8 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
         formats: formats.iter().map(|f| f.to_string()).collect(),
         outputs: Vec::new(),
         stages: timings.0,
+        publish: publish_record,
+        notes,
     };
     let output_dir = out.finish(&mut manifest)?;
     Ok(BuildOutcome {
@@ -356,19 +423,53 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
     })
 }
 
-/// The stages after the commit (deploy, disk, export, pxe) plug in here: each writes its
-/// files into `out.path()` and registers them. None is wired yet; the requested formats are
-/// recorded in the manifest.
-fn later_stages(ctx: &PostCommit<'_>, _out: &mut OutputDir, _timings: &mut Timings) -> Result<()> {
-    if !ctx.formats.is_empty() {
-        let names: Vec<String> = ctx.formats.iter().map(|f| f.to_string()).collect();
-        let step = progress::step(format!("formats {}", names.join(",")));
-        step.note(
-            "not produced yet: the deploy, disk and export stages are not wired into `build`",
-        );
-        step.done_with("skipped");
+/// The stages after the commit: deploy + disk (one cached raw image) when any disk format
+/// is asked for, the exports, then the PXE material. Each writes into `out.path()` and
+/// registers its files. Returns notes for the manifest.
+fn later_stages(
+    ctx: &PostCommit<'_>,
+    out: &mut OutputDir,
+    timings: &mut Timings,
+) -> Result<Vec<String>> {
+    let disk_formats = images::disk_formats(ctx.formats);
+    let mut exported = Vec::new();
+    if !disk_formats.is_empty() {
+        let req = images::ImageRequest {
+            recipe: ctx.recipe,
+            repo: ctx.repo,
+            ostree_ref: ctx.ostree_ref,
+            checksum: ctx.checksum,
+            timestamp: ctx.timestamp,
+            remote: ctx.remote.clone(),
+            cache: ctx.cache,
+        };
+        let raw = images::raw_image(&req, timings)?;
+        exported =
+            images::export_all(ctx.recipe, &raw, &disk_formats, ctx.timestamp, out, timings)?;
     }
-    Ok(())
+    let mut notes = Vec::new();
+    if let Some(inputs) = ctx.pxe {
+        let started = Instant::now();
+        let raw_image = exported
+            .iter()
+            .find(|(f, _, _)| *f == Format::Raw)
+            .map(|(_, name, sha)| (name.clone(), sha.clone()));
+        notes = pxe::write(
+            &pxe::PxeBuild {
+                recipe: ctx.recipe,
+                repo: ctx.repo,
+                checksum: ctx.checksum,
+                kernel_version: ctx.kernel_version,
+                raw_image,
+                nodeboot: ctx.nodeboot,
+                cache: ctx.cache,
+            },
+            inputs,
+            out,
+        )?;
+        timings.push("pxe", started.elapsed().as_secs_f64(), false);
+    }
+    Ok(notes)
 }
 
 fn subject(recipe: &Recipe) -> String {
@@ -384,6 +485,7 @@ fn commit_spec<'a>(
     ostree_ref: &'a str,
     metadata: &'a CommitMetadata,
     timestamp: u64,
+    stage: &'a Path,
 ) -> CommitSpec<'a> {
     CommitSpec {
         repo: &opts.repo,
@@ -392,7 +494,7 @@ fn commit_spec<'a>(
         metadata,
         timestamp,
         sign_key: recipe.commit.sign_key.as_deref(),
-        static_delta: recipe.commit.static_delta,
+        stage_repo: Some(stage),
     }
 }
 

@@ -9,6 +9,11 @@
 //! rootfs/<key>/tree/       a finished rootfs; <key> = rootfs stage key
 //! rootfs/<key>/rootfs.json its package manifest and how it was made
 //! index/commit/<key>.json  commit stage key -> the commit (and its root tree) in the repo
+//! repo/                    bare-mode OSTree stage repository: the latest tree of each ref,
+//!                          uncompressed (commits go through it; deploys pull from it)
+//! disk/<key>.raw           a raw disk image; <key> = disk stage key (commit, kernel args,
+//!                          layout, nodeimg version); the exports are made from it
+//! installer/<key>.img      PXE installer initramfs; <key> = commit, kernel, nodeboot binary
 //! tmp/                     work trees of a running build; removed on success and failure
 //! ```
 //!
@@ -27,6 +32,9 @@ use serde::{Deserialize, Serialize};
 /// Rootfs trees kept by [`Cache::gc_rootfs`]: the current one and the one before it, so
 /// switching between two recipes does not rebuild each time.
 pub const KEEP_ROOTFS: usize = 2;
+
+/// Raw disk images kept by [`Cache::gc_disks`] (each is GiBs, sparse).
+pub const KEEP_DISKS: usize = 2;
 
 /// The cache directory and its layout.
 #[derive(Debug, Clone)]
@@ -62,7 +70,15 @@ impl Cache {
     /// Open (creating) the cache at `root` and remove work trees left by interrupted builds.
     pub fn open(root: impl AsRef<Path>) -> Result<Cache> {
         let root = root.as_ref().to_path_buf();
-        for sub in ["debs", "artifacts", "rootfs", "index/commit", "tmp"] {
+        for sub in [
+            "debs",
+            "artifacts",
+            "rootfs",
+            "index/commit",
+            "disk",
+            "installer",
+            "tmp",
+        ] {
             let d = root.join(sub);
             fs::create_dir_all(&d)
                 .with_context(|| format!("creating cache directory {}", d.display()))?;
@@ -84,6 +100,38 @@ impl Cache {
     /// The fetch stage's content-addressed download store.
     pub fn artifacts_dir(&self) -> PathBuf {
         self.root.join("artifacts")
+    }
+
+    /// The bare-mode stage repository commits are written into first (see
+    /// [`crate::commit::CommitSpec::stage_repo`]).
+    pub fn stage_repo(&self) -> PathBuf {
+        self.root.join("repo")
+    }
+
+    /// The raw disk image of a disk stage key (present when that image was built before).
+    pub fn disk_image(&self, key: &Sha256Hex) -> PathBuf {
+        self.root.join("disk").join(format!("{}.raw", key.as_str()))
+    }
+
+    /// Keep the `keep` most recently used raw images (`current` always); delete the rest.
+    pub fn gc_disks(&self, keep: usize, current: &Sha256Hex) -> Result<Vec<PathBuf>> {
+        gc_by_mtime(&self.root.join("disk"), keep, &self.disk_image(current))
+    }
+
+    /// The PXE installer initramfs of an installer key.
+    pub fn installer_image(&self, key: &Sha256Hex) -> PathBuf {
+        self.root
+            .join("installer")
+            .join(format!("{}.img", key.as_str()))
+    }
+
+    /// Keep the `keep` most recently used installer images (`current` always).
+    pub fn gc_installers(&self, keep: usize, current: &Sha256Hex) -> Result<Vec<PathBuf>> {
+        gc_by_mtime(
+            &self.root.join("installer"),
+            keep,
+            &self.installer_image(current),
+        )
     }
 
     /// The directory of one cached rootfs (it holds `tree/` and `rootfs.json`).
@@ -152,37 +200,7 @@ impl Cache {
     /// Keep the `keep` most recently used rootfs trees (by the mtime of their entry, which
     /// [`Cache::touch`] bumps on use) and always `current`; delete the rest.
     pub fn gc_rootfs(&self, keep: usize, current: &Sha256Hex) -> Result<Vec<PathBuf>> {
-        let dir = self.root.join("rootfs");
-        let mut entries: Vec<(SystemTime, PathBuf)> = Vec::new();
-        for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-            let e = e.with_context(|| format!("listing {}", dir.display()))?;
-            let name = e.file_name();
-            if name.to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let mtime = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            entries.push((mtime, e.path()));
-        }
-        // Newest first; ties broken by name for a stable order.
-        entries.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        let current_path = self.rootfs_entry(current);
-        let mut others_kept = 0usize;
-        let mut removed = Vec::new();
-        for (_, path) in entries {
-            if path == current_path {
-                continue;
-            }
-            if others_kept < keep.saturating_sub(1) {
-                others_kept += 1;
-                continue;
-            }
-            remove_tree(&path)?;
-            removed.push(path);
-        }
-        Ok(removed)
+        gc_by_mtime(&self.root.join("rootfs"), keep, &self.rootfs_entry(current))
     }
 
     /// Mark a cache entry as used now (for [`Cache::gc_rootfs`]).
@@ -210,6 +228,43 @@ impl Cache {
         }
         Ok(())
     }
+}
+
+/// In `dir`, keep `current` and the `keep - 1` newest other entries (by mtime); names
+/// starting with `.` (in-progress atomic writes) are left alone.
+fn gc_by_mtime(dir: &Path, keep: usize, current: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries: Vec<(SystemTime, PathBuf)> = Vec::new();
+    for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let mtime = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        entries.push((mtime, e.path()));
+    }
+    // Newest first; ties broken by name for a stable order.
+    entries.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let mut others_kept = 0usize;
+    let mut removed = Vec::new();
+    for (_, path) in entries {
+        if path == current {
+            continue;
+        }
+        if others_kept < keep.saturating_sub(1) {
+            others_kept += 1;
+            continue;
+        }
+        if path.is_dir() {
+            remove_tree(&path)?;
+        } else {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        removed.push(path);
+    }
+    Ok(removed)
 }
 
 /// Remove a directory tree that may contain read-only directories (rootfs trees do).
@@ -264,6 +319,30 @@ mod tests {
         assert!(c.rootfs_entry(&keys[3]).exists());
         assert!(!c.rootfs_entry(&keys[1]).exists());
         assert!(!c.rootfs_entry(&keys[2]).exists());
+    }
+
+    #[test]
+    fn gc_disks_keeps_current_and_newest_and_skips_temp_files() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let keys: Vec<_> = ["d1", "d2", "d3"].iter().map(|k| key(k)).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let p = c.disk_image(k);
+            fs::write(&p, b"raw").unwrap();
+            let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i as u64);
+            fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        let tmp = d.path().join("disk/.tmp-in-progress");
+        fs::write(&tmp, b"partial").unwrap();
+        let removed = c.gc_disks(2, &keys[0]).unwrap();
+        assert_eq!(removed, vec![c.disk_image(&keys[1])]);
+        assert!(c.disk_image(&keys[0]).exists() && c.disk_image(&keys[2]).exists());
+        assert!(tmp.exists());
     }
 
     #[test]

@@ -19,4 +19,5 @@ pub mod fetch;
 pub mod kickstart;
 pub mod manifest;
 pub mod progress;
+pub mod publish;
 pub mod recipe;

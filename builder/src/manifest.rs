@@ -37,6 +37,34 @@ pub struct Manifest {
     /// Files in the output directory besides the manifest and the SBOM.
     pub outputs: Vec<OutputFile>,
     pub stages: Vec<StageTiming>,
+    /// What the build added to the repository for clients pulling from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishRecord>,
+    /// Things asked for that this build could not produce, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// The repository as a static HTTP server serves it to a fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PublishRecord {
+    /// The summary file was regenerated (it lists the refs and the deltas).
+    pub summary: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_delta: Option<DeltaRecord>,
+}
+
+/// A static delta from the ref's previous commit to the built one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DeltaRecord {
+    pub from: String,
+    pub to: String,
+    /// Directory of the delta, relative to the repository.
+    pub path: String,
+    /// Bytes of all its files (superblock and parts): what a client downloads.
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,19 +169,26 @@ impl OutputDir {
         self.dir.target()
     }
 
-    /// Record `name` (a file already written under [`OutputDir::path`]) in the manifest.
+    /// Record `name` (a file already written under [`OutputDir::path`], or under a
+    /// subdirectory of it such as `pxe/`) in the manifest.
     pub fn register(&mut self, name: &str, format: &str) -> Result<&OutputFile> {
-        if name.contains('/') || name == MANIFEST_FILE || name == SBOM_FILE {
-            bail!("`{name}` cannot be registered as an output file");
-        }
-        if self.outputs.iter().any(|o| o.name == name) {
-            bail!("output `{name}` registered twice");
-        }
-        let p = self.path().join(name);
+        let p = self.check_name(name)?;
+        let sha256 = Sha256Hex::of_file(&p)?;
+        self.register_hashed(name, format, sha256)
+    }
+
+    /// [`OutputDir::register`] for a file whose writer hashed it while writing (disk images:
+    /// hashing several GiB again would double the export time).
+    pub fn register_hashed(
+        &mut self,
+        name: &str,
+        format: &str,
+        sha256: Sha256Hex,
+    ) -> Result<&OutputFile> {
+        let p = self.check_name(name)?;
         let size = std::fs::metadata(&p)
             .with_context(|| format!("output {name} was not written"))?
             .len();
-        let sha256 = Sha256Hex::of_file(&p)?;
         self.outputs.push(OutputFile {
             name: name.to_owned(),
             format: format.to_owned(),
@@ -161,6 +196,23 @@ impl OutputDir {
             size,
         });
         Ok(self.outputs.last().expect("just pushed"))
+    }
+
+    fn check_name(&self, name: &str) -> Result<PathBuf> {
+        let bad = name.is_empty()
+            || name.starts_with('/')
+            || name
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+            || name == MANIFEST_FILE
+            || name == SBOM_FILE;
+        if bad {
+            bail!("`{name}` cannot be registered as an output file");
+        }
+        if self.outputs.iter().any(|o| o.name == name) {
+            bail!("output `{name}` registered twice");
+        }
+        Ok(self.path().join(name))
     }
 
     /// Write the manifest (with the registered outputs) and the SBOM, then move the
@@ -358,6 +410,8 @@ mod tests {
                 seconds: 1.5,
                 cached: true,
             }],
+            publish: None,
+            notes: vec![],
         }
     }
 
@@ -414,12 +468,26 @@ mod tests {
         assert_eq!(f.sha256, Sha256Hex::of_bytes("raw!"));
         assert!(out.register("disk.raw", "raw").is_err());
         assert!(out.register("missing.qcow2", "qcow2").is_err());
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "pxe/../../x",
+            "a//b",
+            MANIFEST_FILE,
+        ] {
+            assert!(out.register(bad, "raw").is_err(), "{bad}");
+        }
+        std::fs::create_dir(out.path().join("pxe")).unwrap();
+        std::fs::write(out.path().join("pxe/vmlinuz"), b"kernel").unwrap();
+        let k = out.register("pxe/vmlinuz", "pxe").unwrap().clone();
+        assert_eq!(k.sha256, Sha256Hex::of_bytes("kernel"));
         assert!(!d.path().join("k8s-node-1.4.0").exists());
         let target = out.finish(&mut m).unwrap();
         let back: Manifest =
             serde_json::from_str(&std::fs::read_to_string(target.join(MANIFEST_FILE)).unwrap())
                 .unwrap();
-        assert_eq!(back.outputs, vec![f]);
+        assert_eq!(back.outputs, vec![f, k]);
         assert!(target.join(SBOM_FILE).is_file());
         {
             let _abandoned = OutputDir::create(d.path(), "k8s-node", "1.4.0").unwrap();

@@ -146,7 +146,8 @@ fn builds_commits_reuses_and_chains() {
             "rootfs",
             "customize",
             "ostreeify",
-            "commit"
+            "commit",
+            "publish"
         ]
     );
     let sbom: serde_json::Value =
@@ -204,7 +205,7 @@ fn builds_commits_reuses_and_chains() {
         .iter()
         .map(|s| s.name.as_str())
         .collect();
-    assert_eq!(stage_names, ["resolve", "fetch", "commit"]);
+    assert_eq!(stage_names, ["resolve", "fetch", "commit", "publish"]);
 
     // inspect reads it back.
     let info = nodeimg_builder::commit::inspect(repo, Some(REF)).unwrap();

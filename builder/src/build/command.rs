@@ -34,10 +34,32 @@ pub struct BuildArgs {
     /// Formats to produce after the commit [default: the recipe's image.formats].
     #[arg(long, value_delimiter = ',', value_name = "raw,qcow2,vhd,pxe")]
     pub format: Option<Vec<Format>>,
+    /// Stop after the commit and publishing: no disk images, no PXE material.
+    #[arg(long, conflicts_with = "format")]
+    pub commit_only: bool,
     /// Only check that the initramfs exists, not that it holds ostree-prepare-root. For test
     /// fixtures whose initramfs is a placeholder; an image built so may not boot.
     #[arg(long)]
     pub skip_initramfs_check: bool,
+    /// Also write a static delta from the ref's previous commit (as `commit.static-delta =
+    /// true` in the recipe does). The summary is regenerated on every new commit.
+    #[arg(long)]
+    pub static_delta: bool,
+    /// URL the output directory `<name>-<version>/` is served at, with the repository at
+    /// `URL/repo`. Required for `pxe`; when given, disk images also follow `URL/repo` for
+    /// upgrades (remote named after the osname).
+    #[arg(long, value_name = "URL")]
+    pub http_base: Option<String>,
+    /// nodeboot config (TOML) embedded in the generic kickstart (`pxe`); join material must
+    /// come from a secret store, not inline.
+    #[arg(long, value_name = "FILE")]
+    pub userdata: Option<PathBuf>,
+    /// PXE inventory: per-MAC hostnames, roles and user-data (`pxe`).
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// Disk the built-in installer writes [default: /dev/sda] (`pxe`).
+    #[arg(long, value_name = "DEV")]
+    pub install_device: Option<String>,
 }
 
 /// `nodeimg inspect REPO [REF]`: a commit's checksum, parent, date, version, metadata and size.
@@ -61,12 +83,23 @@ pub fn run_build(args: &BuildArgs) -> Result<()> {
         cache_dir: args.cache_dir.clone(),
         artifact_mirror: args.artifact_mirror.clone(),
         offline: args.offline,
-        formats: args.format.clone(),
+        formats: if args.commit_only {
+            Some(Vec::new())
+        } else {
+            args.format.clone()
+        },
         initramfs_check: if args.skip_initramfs_check {
             InitramfsCheck::ExistsOnly
         } else {
             InitramfsCheck::Lsinitrd
         },
+        pxe: super::pxe::PxeOptions {
+            http_base: args.http_base.clone(),
+            user_data: args.userdata.clone(),
+            inventory: args.inventory.clone(),
+            install_device: args.install_device.clone(),
+        },
+        static_delta: args.static_delta,
     };
     let outcome = build(&opts)?;
     if args.json {
@@ -76,6 +109,17 @@ pub fn run_build(args: &BuildArgs) -> Result<()> {
     } else {
         let c = &outcome.manifest.commit;
         eprintln!("commit   {} ({})", c.checksum, c.ostree_ref);
+        for o in &outcome.manifest.outputs {
+            eprintln!(
+                "output   {} ({} bytes, sha256 {})",
+                outcome.output_dir.join(&o.name).display(),
+                o.size,
+                o.sha256
+            );
+        }
+        for n in &outcome.manifest.notes {
+            eprintln!("note     {n}");
+        }
         eprintln!("manifest {}", manifest_path(&outcome).display());
     }
     Ok(())

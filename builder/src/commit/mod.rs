@@ -17,7 +17,6 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use glib::prelude::*;
 use glib::{Variant, VariantTy};
-use nodeimg_common::Cmd;
 use ostree::gio;
 use ostree::prelude::*;
 
@@ -63,7 +62,11 @@ pub struct CommitSpec<'a> {
     pub timestamp: u64,
     /// ed25519 secret key file (base64, as `ostree sign` reads it).
     pub sign_key: Option<&'a Path>,
-    pub static_delta: bool,
+    /// A bare-mode repository (in the build cache) the tree is committed into first: there,
+    /// files are only hashed and new objects stored uncompressed. A local pull then brings
+    /// just the objects `repo` lacks into it, so only those get compressed. `None`: commit
+    /// straight into `repo` (every file is hashed *and* recompressed).
+    pub stage_repo: Option<&'a Path>,
 }
 
 /// What to commit: a directory, or a root tree already in the repo (a cache hit whose ref
@@ -101,10 +104,20 @@ pub fn commit_timestamp(recipe_timestamp: Option<i64>) -> Result<u64> {
     }
 }
 
-/// Open the repository at `path`, creating an archive-mode one if nothing is there. A new
-/// repository is made next to the target and renamed into place, so an interrupted init
-/// never leaves a half-made repository.
+/// Open the repository at `path`, creating an archive-mode one if nothing is there.
 pub fn open_or_create_repo(path: &Path) -> Result<ostree::Repo> {
+    open_or_create(path, ostree::RepoMode::Archive)
+}
+
+/// Open the bare-mode staging repository at `path` (see [`CommitSpec::stage_repo`]),
+/// creating it if nothing is there.
+pub fn open_or_create_stage_repo(path: &Path) -> Result<ostree::Repo> {
+    open_or_create(path, ostree::RepoMode::Bare)
+}
+
+/// A new repository is made next to the target and renamed into place, so an interrupted
+/// init never leaves a half-made repository.
+fn open_or_create(path: &Path, mode: ostree::RepoMode) -> Result<ostree::Repo> {
     if !path.join("config").is_file() {
         if path.exists()
             && path
@@ -128,13 +141,12 @@ pub fn open_or_create_repo(path: &Path) -> Result<ostree::Repo> {
             .tempdir_in(&parent)
             .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
         let repo = ostree::Repo::new_for_path(tmp.path());
-        repo.create(ostree::RepoMode::Archive, gio::Cancellable::NONE)
-            .with_context(|| {
-                format!(
-                    "initialising an archive-mode repository at {}",
-                    path.display()
-                )
-            })?;
+        repo.create(mode, gio::Cancellable::NONE).with_context(|| {
+            format!(
+                "initialising a {mode:?}-mode repository at {}",
+                path.display()
+            )
+        })?;
         drop(repo);
         if path.exists() {
             std::fs::remove_dir(path)
@@ -238,34 +250,110 @@ pub fn metadata_variant(m: &CommitMetadata, ostree_ref: &str) -> Variant {
     Variant::array_from_iter_with_type(ty, entries)
 }
 
-/// Write the commit and move the ref, in one transaction.
+/// Write the commit and move the ref. The ref moves in one transaction with the signature,
+/// after every object is in `spec.repo`: a failure leaves the ref where it was.
 pub fn commit(spec: &CommitSpec<'_>, source: CommitSource<'_>) -> Result<Committed> {
     let repo = open_or_create_repo(spec.repo)?;
     let parent = ref_target(&repo, spec.ostree_ref)?;
+    let staged = match spec.stage_repo {
+        Some(stage) => {
+            let srepo = open_or_create_stage_repo(stage)?;
+            if source_available(&srepo, source)? {
+                Some((srepo, stage))
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let committed = match staged {
+        Some((srepo, stage)) => {
+            // The stage repo keeps the ref too: the deploy stage pulls from it.
+            let c = in_transaction(&srepo, |r| {
+                let c = write_objects(r, spec, source, parent.as_deref())?;
+                r.transaction_set_ref(None, spec.ostree_ref, Some(&c.checksum));
+                Ok(c)
+            })
+            .with_context(|| format!("committing into the stage repository {}", stage.display()))?;
+            pull_commit(&repo, stage, &c.checksum)?;
+            in_transaction(&repo, |r| finish_commit(r, spec, &c.checksum))?;
+            c
+        }
+        None => in_transaction(&repo, |r| {
+            let c = write_objects(r, spec, source, parent.as_deref())?;
+            finish_commit(r, spec, &c.checksum)?;
+            Ok(c)
+        })?,
+    };
+    Ok(committed)
+}
+
+/// Whether `repo` can take `source`: a tree always, an existing root only when its objects
+/// are there (the stage repo may be newer than the commit the cache remembers).
+fn source_available(repo: &ostree::Repo, source: CommitSource<'_>) -> Result<bool> {
+    match source {
+        CommitSource::Tree(_) => Ok(true),
+        CommitSource::Existing {
+            root_contents,
+            root_metadata,
+        } => {
+            let has = |t: ostree::ObjectType, c: &str| {
+                repo.has_object(t, c, gio::Cancellable::NONE)
+                    .with_context(|| format!("looking up {t:?} object {c}"))
+            };
+            Ok(has(ostree::ObjectType::DirTree, root_contents)?
+                && has(ostree::ObjectType::DirMeta, root_metadata)?)
+        }
+    }
+}
+
+/// Run `f` in a transaction of `repo`; abort it when `f` fails.
+fn in_transaction<T>(repo: &ostree::Repo, f: impl FnOnce(&ostree::Repo) -> Result<T>) -> Result<T> {
     let cancel = gio::Cancellable::NONE;
     repo.prepare_transaction(cancel)
         .context("starting an OSTree transaction")?;
-    let result = write_in_transaction(&repo, spec, source, parent.as_deref());
-    let committed = match result {
-        Ok(c) => c,
+    match f(repo) {
+        Ok(v) => {
+            repo.commit_transaction(cancel)
+                .context("finishing the OSTree transaction")?;
+            Ok(v)
+        }
         Err(e) => {
             if let Err(abort) = repo.abort_transaction(cancel) {
                 tracing::warn!(error = %abort, "aborting the OSTree transaction failed");
             }
-            return Err(e);
-        }
-    };
-    repo.commit_transaction(cancel)
-        .with_context(|| format!("finishing the transaction for {}", spec.ostree_ref))?;
-    if spec.static_delta {
-        if let Some(p) = &committed.parent {
-            static_delta(spec.repo, p, &committed.checksum)?;
+            Err(e)
         }
     }
-    Ok(committed)
 }
 
-fn write_in_transaction(
+/// Copy commit `checksum` and the objects it needs that `repo` lacks from the repository at
+/// `source` (a local pull by checksum: no ref is written, the parent is not fetched).
+pub fn pull_commit(repo: &ostree::Repo, source: &Path, checksum: &str) -> Result<()> {
+    let source = source
+        .canonicalize()
+        .with_context(|| format!("source repository {}", source.display()))?;
+    let options = glib::VariantDict::new(None);
+    options.insert("refs", vec![checksum.to_owned()]);
+    repo.pull_with_options(
+        &format!("file://{}", source.display()),
+        &options.end(),
+        None,
+        gio::Cancellable::NONE,
+    )
+    .with_context(|| format!("pulling commit {checksum} from {}", source.display()))
+}
+
+fn finish_commit(repo: &ostree::Repo, spec: &CommitSpec<'_>, checksum: &str) -> Result<()> {
+    if let Some(key) = spec.sign_key {
+        sign(repo, checksum, key)?;
+    }
+    repo.transaction_set_ref(None, spec.ostree_ref, Some(checksum));
+    Ok(())
+}
+
+/// Write the tree (or reuse the existing root) and the commit object; no ref, no signature.
+fn write_objects(
     repo: &ostree::Repo,
     spec: &CommitSpec<'_>,
     source: CommitSource<'_>,
@@ -313,10 +401,6 @@ fn write_in_transaction(
         )
         .context("writing the commit object")?
         .to_string();
-    if let Some(key) = spec.sign_key {
-        sign(repo, &checksum, key)?;
-    }
-    repo.transaction_set_ref(None, spec.ostree_ref, Some(&checksum));
     Ok(Committed {
         checksum,
         parent: parent.map(str::to_owned),
@@ -357,19 +441,11 @@ fn sign(repo: &ostree::Repo, checksum: &str, key_file: &Path) -> Result<()> {
         .with_context(|| format!("signing commit {checksum}"))
 }
 
-fn static_delta(repo: &Path, from: &str, to: &str) -> Result<()> {
-    Cmd::new("ostree")
-        .arg("static-delta")
-        .arg("generate")
-        .arg(format!("--repo={}", repo.display()))
-        .arg(format!("--from={from}"))
-        .arg(format!("--to={to}"))
-        .run()
-        .with_context(|| format!("generating the static delta {from} -> {to}"))?;
-    Cmd::new("ostree")
-        .arg("summary")
-        .arg("-u")
-        .arg(format!("--repo={}", repo.display()))
-        .run()
-        .context("updating the repository summary")
+/// Drop from the stage repository every object no ref reaches: it holds one tree per ref,
+/// the current one (older trees are in the archive repository, which keeps history).
+pub fn prune_stage_repo(path: &Path) -> Result<()> {
+    let repo = open_or_create_stage_repo(path)?;
+    repo.prune(ostree::RepoPruneFlags::REFS_ONLY, 0, gio::Cancellable::NONE)
+        .with_context(|| format!("pruning the stage repository {}", path.display()))?;
+    Ok(())
 }
