@@ -40,23 +40,10 @@ pub fn run(args: Vec<OsString>) -> Result<()> {
     }
 }
 
-/// Logs go to stderr next to the progress lines; `NODEIMG_LOG` (an `EnvFilter`, e.g.
-/// `debug` or `nodeimg_builder::fetch=trace`) raises the level. The default keeps the
-/// human progress output readable: warnings and errors only.
-fn init_tracing() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NODEIMG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
-}
-
 /// The binary's entry point: tracing, run, map errors to an exit status.
 pub fn main(args: Vec<OsString>) -> ExitCode {
-    init_tracing();
+    // Warnings and errors only by default, so the human progress lines stay readable.
+    nodeimg_common::logging::init("NODEIMG_LOG", "warn");
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
