@@ -101,6 +101,8 @@ pub struct PostCommit<'a> {
     pub cache: &'a Cache,
     /// Remote the booted system upgrades from (from `--http-base`).
     pub remote: Option<(String, String)>,
+    /// The exported public key of a GPG-signed commit: the remote verifies with it.
+    pub gpg_public_key: Option<&'a Path>,
     /// Checked PXE inputs when `pxe` is among the formats.
     pub pxe: Option<&'a pxe::PxeInputs>,
     /// The nodeboot binary in the image (the PXE installer embeds it too).
@@ -316,6 +318,24 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
         },
     )?;
 
+    let gpg_signature = match gpg_key(recipe) {
+        Some(key) => {
+            let step = progress::step("publish GPG public key");
+            let rec = publish::publish_gpg_key(
+                &opts.repo,
+                recipe.image.osname.as_str(),
+                &committed.checksum,
+                &key,
+            )?;
+            timings.add("publish-gpg-key", step, false, &rec.public_key);
+            Some(rec)
+        }
+        None => None,
+    };
+    let gpg_public_key = gpg_signature
+        .as_ref()
+        .map(|r| opts.repo.join(&r.public_key));
+
     let publish_record = if reused {
         None
     } else {
@@ -350,6 +370,7 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
             formats: &formats,
             cache: &cache,
             remote: pxe::remote_for(&opts.pxe, recipe.image.osname.as_str()),
+            gpg_public_key: gpg_public_key.as_deref(),
             pxe: pxe_inputs.as_ref(),
             nodeboot: nodeboot_bin.as_deref(),
         },
@@ -409,6 +430,7 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
             timestamp,
             version: recipe.image.version.to_string(),
             reused,
+            gpg_signature,
         },
         formats: formats.iter().map(|f| f.to_string()).collect(),
         outputs: Vec::new(),
@@ -441,6 +463,7 @@ fn later_stages(
             checksum: ctx.checksum,
             timestamp: ctx.timestamp,
             remote: ctx.remote.clone(),
+            gpg_public_key: ctx.gpg_public_key,
             cache: ctx.cache,
         };
         let raw = images::raw_image(&req, timings)?;
@@ -494,8 +517,17 @@ fn commit_spec<'a>(
         metadata,
         timestamp,
         sign_key: recipe.commit.sign_key.as_deref(),
+        gpg: gpg_key(recipe),
         stage_repo: Some(stage),
     }
+}
+
+/// The recipe's GPG signing key, if it names one.
+pub fn gpg_key(recipe: &Recipe) -> Option<commit::GpgKey<'_>> {
+    recipe.commit.gpg_key_id.as_ref().map(|id| commit::GpgKey {
+        key_id: id.as_str(),
+        homedir: recipe.commit.gpg_homedir.as_deref(),
+    })
 }
 
 fn commit_metadata(

@@ -122,6 +122,20 @@ pub struct CommitRecord {
     pub version: String,
     /// The commit existed already for these inputs and the ref pointed at it.
     pub reused: bool,
+    /// The GPG key that signed the commit (`commit.gpg-key-id`), as published for clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpg_signature: Option<GpgSignatureRecord>,
+}
+
+/// The GPG key a commit is signed with and its public key in the repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GpgSignatureRecord {
+    pub key_id: String,
+    /// The ASCII-armored public key, relative to the repository (`<osname>.asc`): clients
+    /// import it into their remote (`ostree remote gpg-import`).
+    pub public_key: String,
+    pub public_key_sha256: Sha256Hex,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -402,6 +416,7 @@ mod tests {
                 timestamp: 1_700_000_000,
                 version: "1.4.0".into(),
                 reused: false,
+                gpg_signature: None,
             },
             formats: vec!["qcow2".into()],
             outputs: vec![],

@@ -1,15 +1,16 @@
 //! Publishing the archive repository to a fleet: after a build moved the ref, a static delta
 //! from the ref's previous commit (one download instead of one request per changed object)
 //! and a regenerated summary (refs, commits and the delta index), so any static HTTP server
-//! can serve `ostree pull` / `ostree admin upgrade` from the directory as it is.
+//! can serve `ostree pull` / `ostree admin upgrade` from the directory as it is. For a
+//! GPG-signed commit, also the public key clients verify it with.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use ostree::gio;
 
-use crate::commit;
-use crate::manifest::{DeltaRecord, PublishRecord};
+use crate::commit::{self, GpgKey};
+use crate::manifest::{DeltaRecord, GpgSignatureRecord, PublishRecord};
 
 /// What to publish for a build's commit.
 #[derive(Debug, Clone)]
@@ -61,6 +62,36 @@ pub fn publish(req: &PublishRequest<'_>) -> Result<PublishRecord> {
     Ok(PublishRecord {
         summary: true,
         static_delta,
+    })
+}
+
+/// The public key's file name in the repository directory: served with it, so a node or a
+/// kickstart fetches it from `<repo URL>/<osname>.asc`. Not `.gpg`: libostree reads every
+/// `*.gpg` file in a repository directory as a binary keyring when it verifies there
+/// without a remote, and an armored file among them hides every key.
+pub fn gpg_key_file_name(osname: &str) -> String {
+    format!("{osname}.asc")
+}
+
+/// Export the public part of `key` to `<repo>/<osname>.asc` (atomically) and check that
+/// `checksum` in the repository carries a good signature by it: what a client pulling with
+/// `gpg-verify=true` and that key imported will check.
+pub fn publish_gpg_key(
+    repo_path: &Path,
+    osname: &str,
+    checksum: &str,
+    key: &GpgKey<'_>,
+) -> Result<GpgSignatureRecord> {
+    let name = gpg_key_file_name(osname);
+    let dest = repo_path.join(&name);
+    let sha = commit::export_public_key(key, &dest)?;
+    let repo = commit::open_or_create_repo(repo_path)?;
+    commit::verify_signed_by(&repo, checksum, key)
+        .with_context(|| format!("checking the signature in {}", repo_path.display()))?;
+    Ok(GpgSignatureRecord {
+        key_id: key.key_id.to_owned(),
+        public_key: name,
+        public_key_sha256: sha,
     })
 }
 

@@ -73,6 +73,7 @@ fn spec<'a>(repo: &'a Path, meta: &'a CommitMetadata, stage: Option<&'a Path>) -
         metadata: meta,
         timestamp: 1_700_000_000,
         sign_key: None,
+        gpg: None,
         stage_repo: stage,
     }
 }

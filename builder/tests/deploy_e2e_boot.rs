@@ -51,6 +51,7 @@ fn deploy_disk_boot_bios_and_uefi() {
             "systemd.show_status=1".into(),
         ],
         remote: Some(("nodeimg".into(), "http://127.0.0.1:8080/repo".into())),
+        gpg_key: None,
         workdir: work.clone(),
     })
     .unwrap();

@@ -60,6 +60,7 @@ fn request(dir: &Path, repo: &Path) -> DeployRequest {
         osname: "debian".into(),
         kernel_args: vec!["console=ttyS0,115200".into(), "quiet".into()],
         remote: Some(("nodeimg".into(), "http://127.0.0.1:8080/repo".into())),
+        gpg_key: None,
         workdir: dir.join("work"),
     }
 }

@@ -106,6 +106,8 @@ fn populated(dir: &Path) -> Recipe {
         commit: Commit {
             timestamp: Some(1_700_000_000),
             sign_key: Some(dir.join("key")),
+            gpg_key_id: Some("0123456789ABCDEF0123456789ABCDEF01234567".parse().unwrap()),
+            gpg_homedir: Some(dir.join("gnupg")),
             static_delta: true,
         },
     }

@@ -38,6 +38,8 @@ pub struct ImageRequest<'a> {
     pub timestamp: u64,
     /// Remote the booted system upgrades from: (name, URL).
     pub remote: Option<(String, String)>,
+    /// Public key of a GPG-signed commit, imported into the remote (which then verifies).
+    pub gpg_public_key: Option<&'a Path>,
     pub cache: &'a Cache,
 }
 
@@ -73,7 +75,7 @@ pub fn image_file_name(recipe: &Recipe, format: Format) -> String {
 }
 
 /// The disk stage key.
-pub fn disk_key(req: &ImageRequest<'_>) -> Sha256Hex {
+pub fn disk_key(req: &ImageRequest<'_>) -> Result<Sha256Hex> {
     let d = &req.recipe.disk;
     let mut k = KeyBuilder::new(DISK_VERSION)
         .field("nodeimg", env!("CARGO_PKG_VERSION"))
@@ -94,12 +96,15 @@ pub fn disk_key(req: &ImageRequest<'_>) -> Sha256Hex {
     if let Some((name, url)) = &req.remote {
         k = k.field("remote", format!("{name} {url}"));
     }
-    k.finish()
+    if let Some(key) = req.gpg_public_key {
+        k = k.field("gpg-key", Sha256Hex::of_file(key)?.as_str());
+    }
+    Ok(k.finish())
 }
 
 /// Deploy the commit and build the raw disk image, or take it from the cache.
 pub fn raw_image(req: &ImageRequest<'_>, timings: &mut Timings) -> Result<RawImage> {
-    let key = disk_key(req);
+    let key = disk_key(req)?;
     let path = req.cache.disk_image(&key);
     if path.is_file() {
         let step = progress::step("deploy + disk");
@@ -122,6 +127,7 @@ pub fn raw_image(req: &ImageRequest<'_>, timings: &mut Timings) -> Result<RawIma
         osname: req.recipe.image.osname.to_string(),
         kernel_args: req.recipe.os.kernel_args.clone(),
         remote: req.remote.clone(),
+        gpg_key: req.gpg_public_key.map(Path::to_path_buf),
         workdir: work.path().to_owned(),
     })?;
     timings.push("deploy", started.elapsed().as_secs_f64(), false);

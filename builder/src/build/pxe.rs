@@ -122,6 +122,14 @@ pub fn write(b: &PxeBuild<'_>, inputs: &PxeInputs, out: &mut OutputDir) -> Resul
     let step = progress::step("pxe");
     let mut req = PxeRequest::from_recipe(b.recipe, b.checksum, &inputs.http_base);
     req.user_data = inputs.user_data.clone();
+    if b.recipe.commit.gpg_key_id.is_some() {
+        // The build exported the key next to the repository (`publish::publish_gpg_key`).
+        req.gpg_key_url = Some(format!(
+            "{}/{}",
+            req.repo_url,
+            crate::publish::gpg_key_file_name(b.recipe.image.osname.as_str())
+        ));
+    }
     if let Some(dev) = &inputs.install_device {
         req.install_device = dev.clone();
     }

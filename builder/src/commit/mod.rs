@@ -9,6 +9,7 @@
 //! on the same parent give the same checksum. Objects, the optional signature and the ref
 //! are written in one transaction: a failure leaves the ref where it was.
 
+mod gpg;
 mod inspect;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use glib::{Variant, VariantTy};
 use ostree::gio;
 use ostree::prelude::*;
 
+pub use gpg::{copy_signatures, export_public_key, verify_signed_by, GpgKey};
 pub use inspect::{inspect, render_text, CommitInfo};
 
 use crate::compose::Package;
@@ -62,6 +64,8 @@ pub struct CommitSpec<'a> {
     pub timestamp: u64,
     /// ed25519 secret key file (base64, as `ostree sign` reads it).
     pub sign_key: Option<&'a Path>,
+    /// GPG key to sign with (libostree's GPG signing; works on Debian 12, unlike ed25519).
+    pub gpg: Option<GpgKey<'a>>,
     /// A bare-mode repository (in the build cache) the tree is committed into first: there,
     /// files are only hashed and new objects stored uncompressed. A local pull then brings
     /// just the objects `repo` lacks into it, so only those get compressed. `None`: commit
@@ -277,6 +281,16 @@ pub fn commit(spec: &CommitSpec<'_>, source: CommitSource<'_>) -> Result<Committ
             .with_context(|| format!("committing into the stage repository {}", stage.display()))?;
             pull_commit(&repo, stage, &c.checksum)?;
             in_transaction(&repo, |r| finish_commit(r, spec, &c.checksum))?;
+            if spec.gpg.is_some() || spec.sign_key.is_some() {
+                // The deploy stage pulls from the stage repo: the image's repo gets the
+                // signature only if the stage repo has it too.
+                copy_signatures(&repo, &srepo, &c.checksum).with_context(|| {
+                    format!(
+                        "copying signatures to the stage repository {}",
+                        stage.display()
+                    )
+                })?;
+            }
             c
         }
         None => in_transaction(&repo, |r| {
@@ -347,6 +361,9 @@ pub fn pull_commit(repo: &ostree::Repo, source: &Path, checksum: &str) -> Result
 fn finish_commit(repo: &ostree::Repo, spec: &CommitSpec<'_>, checksum: &str) -> Result<()> {
     if let Some(key) = spec.sign_key {
         sign(repo, checksum, key)?;
+    }
+    if let Some(key) = &spec.gpg {
+        gpg::sign(repo, checksum, key)?;
     }
     repo.transaction_set_ref(None, spec.ostree_ref, Some(checksum));
     Ok(())
@@ -423,8 +440,9 @@ fn sign(repo: &ostree::Repo, checksum: &str, key_file: &Path) -> Result<()> {
         if e.message().contains("not implemented") || e.message().contains("libsodium") {
             anyhow::anyhow!(
                 "signing commits needs libostree built with ed25519 support (libsodium); \
-                 this host's libostree has none ({}). Remove commit.sign-key or build on a \
-                 host whose `ostree --version` lists sign-ed25519",
+                 this host's libostree has none ({}). Remove commit.sign-key (sign with \
+                 commit.gpg-key-id instead) or build on a host whose `ostree --version` lists \
+                 sign-ed25519",
                 e.message()
             )
         } else {

@@ -37,6 +37,9 @@ pub struct DeployRequest {
     /// Remote (name, URL) the booted system follows with `ostree admin upgrade`; without one
     /// the deployment's origin is the plain ref.
     pub remote: Option<(String, String)>,
+    /// Public key (armored or binary) the commit is GPG-signed with: the remote then gets
+    /// `gpg-verify=true` and this key. `None`: an unsigned commit, `gpg-verify=false`.
+    pub gpg_key: Option<PathBuf>,
     /// Where the temporary sysroot is created (same file system as the disk stage's work
     /// files; it holds a full deployment).
     pub workdir: PathBuf,
@@ -90,6 +93,7 @@ pub fn deploy(req: &DeployRequest) -> Result<Deployed> {
         osname: req.osname.clone(),
         kernel_args,
         remote: req.remote.clone(),
+        gpg_key: req.gpg_key.clone(),
     };
     let done = sysroot::run_on_ostree_thread(|| sysroot::init_and_deploy(&ostree_req))?;
     step.note(format!("deployed {}", done.deployment_path));
@@ -229,6 +233,7 @@ mod tests {
             osname: "debian".into(),
             kernel_args: kargs.iter().map(|s| s.to_string()).collect(),
             remote: None,
+            gpg_key: None,
             workdir: "/nonexistent".into(),
         }
     }

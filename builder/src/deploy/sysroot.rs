@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
+use nodeimg_common::Cmd;
 use ostree::gio;
 use ostree::glib;
 
@@ -26,6 +27,8 @@ pub struct OstreeDeploy {
     pub osname: String,
     pub kernel_args: Vec<String>,
     pub remote: Option<(String, String)>,
+    /// Public key file of a GPG-signed commit (see [`super::DeployRequest::gpg_key`]).
+    pub gpg_key: Option<PathBuf>,
 }
 
 /// What came out of libostree.
@@ -76,7 +79,11 @@ pub fn init_and_deploy(req: &OstreeDeploy) -> Result<OstreeDeployed> {
     // `ostree pull remote ref` would leave behind), else the plain ref.
     let refspec = match &req.remote {
         Some((name, url)) => {
-            add_remote(&repo, name, url)?;
+            let repo_dir = root.join("ostree/repo");
+            add_remote(&repo, &repo_dir, name, url, req.gpg_key.as_deref())?;
+            if req.gpg_key.is_some() {
+                verify_for_remote(&repo, &commit, name)?;
+            }
             repo.set_ref_immediate(
                 Some(name),
                 &req.ref_name,
@@ -176,17 +183,52 @@ fn pull_local(repo: &ostree::Repo, source: &Path, ref_name: &str) -> Result<Stri
     Ok(commit)
 }
 
-/// Configure the remote the booted system upgrades from.
-fn add_remote(repo: &ostree::Repo, name: &str, url: &str) -> Result<()> {
+/// Configure the remote the booted system upgrades from. With the public key of a signed
+/// commit it verifies every pull (`gpg-verify=true`, the key in the remote's own keyring);
+/// without one, commits are unsigned and verification would refuse them.
+fn add_remote(
+    repo: &ostree::Repo,
+    repo_dir: &Path,
+    name: &str,
+    url: &str,
+    gpg_key: Option<&Path>,
+) -> Result<()> {
     let options = glib::VariantDict::new(None);
-    // Commits are not signed yet (the commit stage's signing is optional and its key is not
-    // passed here); verification must be switched on together with signing.
-    options.insert("gpg-verify", false);
+    options.insert("gpg-verify", gpg_key.is_some());
     repo.remote_add(
         name,
         Some(url),
         Some(&options.end()),
         gio::Cancellable::NONE,
     )
-    .with_context(|| format!("adding remote {name} ({url})"))
+    .with_context(|| format!("adding remote {name} ({url})"))?;
+    if let Some(key) = gpg_key {
+        // The CLI rather than `Repo::remote_gpg_import`: the binding turns "all keys in the
+        // file" (a NULL key list) into an empty list, which imports nothing.
+        Cmd::new("ostree")
+            .arg(format!("--repo={}", repo_dir.display()))
+            .args(["remote", "gpg-import"])
+            .arg(format!("--keyring={}", key.display()))
+            .arg(name)
+            .run()
+            .with_context(|| {
+                format!(
+                    "importing the GPG public key {} into remote {name}",
+                    key.display()
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Check the deployed commit verifies against the remote's keyring, as the node's next
+/// `ostree admin upgrade` will: an image that cannot verify its own commit's signer could
+/// never upgrade.
+fn verify_for_remote(repo: &ostree::Repo, commit: &str, remote: &str) -> Result<()> {
+    let result = repo
+        .verify_commit_for_remote(commit, remote, gio::Cancellable::NONE)
+        .with_context(|| format!("verifying commit {commit} against remote {remote}'s keys"))?;
+    result
+        .require_valid_signature()
+        .with_context(|| format!("commit {commit} has no good signature by remote {remote}'s keys"))
 }

@@ -90,6 +90,7 @@ const PATH_FIELDS: &[&str] = &[
     "nodeboot.binary",
     "nodeboot.config",
     "commit.sign-key",
+    "commit.gpg-homedir",
 ];
 
 type Rule = fn(&str) -> Result<(), String>;

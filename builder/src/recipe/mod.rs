@@ -223,6 +223,7 @@ pub fn digest(recipe: &Recipe, base_dir: &Path) -> Result<Sha256Hex> {
         &mut canonical.nodeboot.binary,
         &mut canonical.nodeboot.config,
         &mut canonical.commit.sign_key,
+        &mut canonical.commit.gpg_homedir,
     ]
     .into_iter()
     .chain(canonical.os.files.iter_mut().map(|f| &mut f.source));

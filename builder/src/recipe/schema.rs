@@ -14,7 +14,7 @@ use std::str::FromStr;
 use nodeimg_common::digest::Sha256Hex;
 use serde::{Deserialize, Serialize};
 
-pub use super::values::{AbsPath, ArtifactUrl, HttpUrl, Mode, Name, Size, SysctlValue};
+pub use super::values::{AbsPath, ArtifactUrl, GpgKeyId, HttpUrl, Mode, Name, Size, SysctlValue};
 
 /// The only recipe format version this build understands.
 pub const RECIPE_VERSION: u32 = 1;
@@ -558,8 +558,16 @@ pub struct Commit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<i64>,
     /// Sign the commit with this ed25519 secret key file (base64, as `ostree sign` takes).
+    /// Needs a libostree with ed25519 support, which Debian 12's has not; use `gpg-key-id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sign_key: Option<PathBuf>,
+    /// Sign the commit with this GPG key (id or fingerprint; its secret key must be in
+    /// `gpg-homedir`). The public key is published next to the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpg_key_id: Option<GpgKeyId>,
+    /// GnuPG home directory holding the signing key; unset: `GNUPGHOME` or `~/.gnupg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpg_homedir: Option<PathBuf>,
     /// Also generate a static delta from the previous commit on the ref.
     #[serde(default)]
     pub static_delta: bool,

@@ -58,6 +58,12 @@ fn check_image(r: &Recipe, out: &mut Vec<Issue>) {
             "must not be before 1970",
         ));
     }
+    if r.commit.gpg_homedir.is_some() && r.commit.gpg_key_id.is_none() {
+        out.push(issue(
+            FieldPath::parse("commit.gpg-homedir"),
+            "commit.gpg-homedir is only used with commit.gpg-key-id (the key to sign with)",
+        ));
+    }
     if r.kubernetes.version.major != 1 {
         out.push(issue(
             FieldPath::parse("kubernetes.version"),

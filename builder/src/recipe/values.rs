@@ -79,6 +79,14 @@ string_newtype!(
     "an http:// or https:// URL"
 );
 
+// A short key id (16) or a full fingerprint (40): the 8-digit short id collides too easily
+// to name a signing key.
+string_newtype!(
+    GpgKeyId,
+    |s| matches!(s.len(), 16 | 40) && s.bytes().all(|b| b.is_ascii_hexdigit()),
+    "a GPG key id (16 hex digits) or fingerprint (40 hex digits)"
+);
+
 string_newtype!(
     ArtifactUrl,
     |s| url::Url::parse(s).is_ok_and(|u| match u.scheme() {
@@ -332,4 +340,31 @@ pub fn flatten_sysctls(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpg_key_ids_are_long_ids_or_fingerprints() {
+        for ok in [
+            "0123456789ABCDEF",
+            "b1da062927853737f0d8c62900d0a420d2877552",
+        ] {
+            assert_eq!(ok.parse::<GpgKeyId>().unwrap().as_str(), ok);
+        }
+        // Short ids collide; `0x` prefixes and spaced fingerprints are not what gpg prints
+        // with --with-colons.
+        for bad in [
+            "",
+            "CAFEBABE",
+            "0x0123456789ABCDEF",
+            "0123456789ABCDEG",
+            "B1DA 0629 2785 3737 F0D8  C629 00D0 A420 D287 7552",
+        ] {
+            let err = bad.parse::<GpgKeyId>().unwrap_err();
+            assert!(err.contains("16 hex digits"), "{bad}: {err}");
+        }
+    }
 }
