@@ -85,7 +85,9 @@ impl Http {
                 ))));
             }
             let delay = self.delay(attempt, retry_after);
-            tracing::warn!(artifact = name, %url, attempt, error = %format!("{error:#}"), ?delay, "download failed; retrying");
+            // The progress line below already tells the user; keep the structured record for
+            // NODEIMG_LOG=debug without printing every retry twice.
+            tracing::debug!(artifact = name, %url, attempt, error = %format!("{error:#}"), ?delay, "download failed; retrying");
             step.note(format!(
                 "{name}: attempt {attempt}/{attempts} failed ({error:#}); retrying in {}",
                 human_duration(delay)
