@@ -196,6 +196,30 @@ fn every_format_is_reproducible() {
     }
 }
 
+/// The bytes of the uncompressed exports are pinned (compressed ones depend on the zlib and
+/// zstd library versions): a faster writer must not change its output, and a deliberate
+/// layout change shows up here and is accepted with `UPDATE_GOLDEN=1`.
+#[test]
+fn uncompressed_export_bytes_are_pinned() {
+    let d = tempfile::tempdir().unwrap();
+    let raw = synthetic_raw(d.path());
+    let mut listing = String::new();
+    for (name, format) in [
+        ("raw", Format::Raw),
+        ("qcow2", Format::Qcow2),
+        ("vhd", Format::Vhd),
+    ] {
+        let out = d.path().join(format!("pinned.{name}"));
+        let rep = export(format, &raw, &out, Compression::None);
+        assert_eq!(rep.sha256, Sha256Hex::of_file(&out).unwrap(), "{name}");
+        listing += &format!("{name} {} {}\n", rep.size, rep.sha256);
+    }
+    nodeimg_common::golden::assert_golden(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/export/synthetic.sha256"),
+        &listing,
+    );
+}
+
 #[test]
 fn bad_input_fails_clearly_and_leaves_nothing() {
     let d = tempfile::tempdir().unwrap();

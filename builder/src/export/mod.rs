@@ -1,12 +1,15 @@
 //! Stage `export`: the raw disk image into the formats platforms take (raw, qcow2, vhd).
 //!
-//! Every writer streams the raw image once (skipping holes with `SEEK_DATA`/`SEEK_HOLE`),
+//! Every writer reads the raw image sequentially (skipping holes with `SEEK_DATA`/`SEEK_HOLE`),
 //! writes through [`AtomicFile`] (nothing left at `out` after a failure) and is deterministic:
 //! no timestamps from the clock, identifiers derived from content. No `qemu-img` involved.
+//! Raw, VHD and uncompressed qcow2 are written front to back and hashed on a second thread
+//! while being written (`stream`); only compressed qcow2 is read back for its hash.
 
 pub mod qcow2;
 pub mod raw;
 pub mod sparse;
+mod stream;
 pub mod vhd;
 
 use std::path::{Path, PathBuf};

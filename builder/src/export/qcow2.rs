@@ -2,27 +2,34 @@
 //!
 //! Layout, in file order:
 //! `[header cluster][data clusters in virtual order][L2 tables][L1 table][refcount blocks]
-//! [refcount table]`.
-//! Pass 1 streams the raw image once (holes skipped via `SEEK_DATA`, all-zero clusters left
-//! unallocated, so they read as zeros) and appends data clusters, compressed ones packed
-//! byte-tight. Pass 2 knows every allocation, so it appends the metadata and then writes the
-//! header into the first cluster. Metadata at the end lets compressed data be written as it
-//! is produced; qemu does not care where metadata lives.
+//! [refcount table]`; qemu does not care where metadata lives.
+//!
+//! Uncompressed, the data clusters are known before anything is written: a cheap scan
+//! (`SEEK_DATA` plus a probe of each data cluster, [`sparse::nonzero_clusters`]) finds the
+//! non-zero clusters, which fixes every offset, so the header and metadata are computed first
+//! and the file is written strictly front to back while its SHA-256 is computed alongside
+//! ([`HashPipe`]). All-zero clusters are left unallocated (they read as zeros).
+//!
+//! Compressed, a cluster's place depends on the sizes of the compressed clusters before it,
+//! so the data is appended as it is compressed (byte-tight), the metadata after it, the header
+//! last, and the file is hashed once complete.
 //!
 //! Fixed choices: 64 KiB clusters, 16-bit refcounts, no extensions, no snapshots, no backing
 //! file. Compressed clusters are raw deflate with a 4 KiB window (what qemu's inflate expects)
 //! or a zstd frame (compression type 1, incompatible feature bit 3).
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use nodeimg_common::digest::Sha256Hex;
 use nodeimg_common::fsutil::AtomicFile;
 
-use super::sparse::{self, Piece};
+use super::sparse::{self, Piece, Run};
+use super::stream::{self, HashPipe, Writeback, BUF_SIZE};
 use super::{input_len, Compression, ExportReport, Meter};
 use crate::progress::Step;
 use crate::recipe::schema::Format;
@@ -81,12 +88,101 @@ pub fn write(
     step: &Step,
 ) -> Result<ExportReport> {
     let (src, len) = input_len(raw)?;
+    stream::sequential(&src);
+    let (size, sha256) = match compression {
+        Compression::None => write_plain(&src, raw, len, out, step)?,
+        c => write_compressed(&src, raw, len, out, c, step)?,
+    };
+    Ok(ExportReport {
+        path: out.to_owned(),
+        format: Format::Qcow2,
+        sha256,
+        size,
+        virtual_size: len,
+    })
+}
+
+/// Scan, lay out, then write and hash front to back. Returns the file size and digest.
+fn write_plain(
+    src: &File,
+    raw: &Path,
+    len: u64,
+    out: &Path,
+    step: &Step,
+) -> Result<(u64, Sha256Hex)> {
+    let runs = sparse::nonzero_clusters(src, len, CLUSTER)
+        .with_context(|| format!("scanning {}", raw.display()))?;
+    let mut lay = Layout {
+        l2: BTreeMap::new(),
+        refs: vec![1], // the header cluster
+        pos: CLUSTER,
+    };
+    for v in runs.iter().flat_map(|r: &Run| r.first..r.first + r.count) {
+        let host = lay.pos;
+        lay.set_l2(v, host | OFLAG_COPIED);
+        lay.add_ref(host / CLUSTER)?;
+        lay.pos += CLUSTER;
+    }
+    let data_end = lay.pos;
+    let meta = metadata(&mut lay, len, Compression::None)?;
+
     let mut dst = AtomicFile::create(out)?;
-    let file = dst
-        .file()
-        .try_clone()
-        .context("duplicating the output handle")?;
-    let mut w = BufWriter::with_capacity(4 << 20, &file);
+    let file: &File = dst.file();
+    let mut pipe = HashPipe::new()?;
+    let mut writeback = Writeback::new(file)?;
+    let mut meter = Meter::new(step, len);
+    let mut first = meta.header;
+    first.resize(CLUSTER as usize, 0);
+    file.write_all_at(&first, 0)
+        .context("writing the qcow2 header")?;
+    pipe.owned(first)?;
+    // Runs are contiguous in both files: one read and one copy per buffer.
+    let mut host = CLUSTER;
+    for r in &runs {
+        let (mut at, end) = (r.first * CLUSTER, (r.first + r.count) * CLUSTER);
+        while at < end {
+            let n = (end - at).min(BUF_SIZE as u64) as usize;
+            // Only the image's last cluster can be short; it is padded with zeros.
+            let avail = (len - at).min(n as u64) as usize;
+            // Read for the hash; copied in the kernel (cheaper than writing from `buf`).
+            // The zero padding of a short last cluster is a hole in the output.
+            let mut buf = pipe.buffer()?;
+            src.read_exact_at(&mut buf[..avail], at)
+                .with_context(|| format!("reading {} at offset {at}", raw.display()))?;
+            buf[avail..n].fill(0);
+            sparse::copy_range(src, at, file, host, avail as u64)
+                .with_context(|| format!("copying data clusters from {}", raw.display()))?;
+            pipe.bytes(buf, n)?;
+            at += n as u64;
+            host += n as u64;
+            writeback.written_to(host);
+            meter.at(at);
+        }
+    }
+    debug_assert_eq!(host, data_end);
+    file.write_all_at(&meta.tail, host)
+        .context("writing the qcow2 metadata")?;
+    pipe.owned(meta.tail)?;
+    drop(writeback);
+    let sha256 = Sha256Hex::from_hasher(pipe.finish()?);
+    dst.commit()?;
+    Ok((lay.pos, sha256))
+}
+
+/// Compress and append in one pass, metadata after, header last; hash the finished file.
+fn write_compressed(
+    src: &File,
+    raw: &Path,
+    len: u64,
+    out: &Path,
+    compression: Compression,
+    step: &Step,
+) -> Result<(u64, Sha256Hex)> {
+    let mut dst = AtomicFile::create(out)?;
+    let path = dst.temp_path().to_owned();
+    let file: &File = dst.file();
+    let mut writeback = Writeback::new(file)?;
+    let mut w = BufWriter::with_capacity(BUF_SIZE, file);
     let mut lay = Layout {
         l2: BTreeMap::new(),
         refs: vec![1], // the header cluster
@@ -98,7 +194,7 @@ pub fn write(
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut meter = Meter::new(step, len);
 
-    sparse::walk(&src, len, CLUSTER, READ_SIZE, |piece| {
+    sparse::walk(src, len, CLUSTER, READ_SIZE, |piece| {
         let Piece::Data { offset, bytes } = piece else {
             return Ok(());
         };
@@ -108,10 +204,7 @@ pub fn write(
             .filter(|(_, c)| !sparse::is_zero(c))
             .map(|(i, c)| (offset / CLUSTER + i as u64, c))
             .collect();
-        let packed = match compression {
-            Compression::None => vec![None; clusters.len()],
-            c => compress_parallel(&clusters, c, threads)?,
-        };
+        let packed = compress_parallel(&clusters, compression, threads)?;
         for ((vcluster, data), packed) in clusters.iter().zip(packed) {
             match packed {
                 Some(c) => {
@@ -142,27 +235,35 @@ pub fn write(
                 }
             }
         }
+        // What is still in `w`'s buffer has not reached the file yet.
+        writeback.written_to(lay.pos.saturating_sub(BUF_SIZE as u64));
         meter.at(offset + bytes.len() as u64);
         Ok(())
     })
     .with_context(|| format!("reading {}", raw.display()))?;
     pad_to_cluster(&mut w, &mut lay.pos)?;
 
-    let header = write_metadata(&mut w, &mut lay, len, compression)?;
+    let meta = metadata(&mut lay, len, compression)?;
+    w.write_all(&meta.tail)
+        .context("writing the qcow2 metadata")?;
     w.flush().context("flushing the qcow2 image")?;
     drop(w);
-    file.write_all_at(&header, 0)
+    file.write_all_at(&meta.header, 0)
         .context("writing the qcow2 header")?;
-    let size = lay.pos;
-    let sha256 = Sha256Hex::of_file(dst.temp_path())?;
+    drop(writeback);
+    // Hash the finished file (from the page cache) while its tail is written out, so the
+    // fsync in `commit` finds little left to do.
+    let sha256 = std::thread::scope(|s| {
+        let hashing = s.spawn(|| Sha256Hex::of_file(&path));
+        let synced =
+            nix::unistd::fdatasync(file).with_context(|| format!("syncing {}", path.display()));
+        let digest = hashing
+            .join()
+            .map_err(|_| anyhow!("the hashing thread panicked"))??;
+        synced.map(|()| digest)
+    })?;
     dst.commit()?;
-    Ok(ExportReport {
-        path: out.to_owned(),
-        format: Format::Qcow2,
-        sha256,
-        size,
-        virtual_size: len,
-    })
+    Ok((lay.pos, sha256))
 }
 
 fn pad_to_cluster(w: &mut impl Write, pos: &mut u64) -> Result<()> {
@@ -175,14 +276,18 @@ fn pad_to_cluster(w: &mut impl Write, pos: &mut u64) -> Result<()> {
     Ok(())
 }
 
-/// Append L2 tables, L1 table, refcount blocks and table at `lay.pos` (cluster aligned);
-/// return the header.
-fn write_metadata(
-    w: &mut impl Write,
-    lay: &mut Layout,
-    virtual_size: u64,
-    compression: Compression,
-) -> Result<Vec<u8>> {
+/// The header and what follows the data.
+struct Metadata {
+    /// The header and its extension-list terminator (the rest of cluster 0 is zeros).
+    header: Vec<u8>,
+    /// L2 tables, L1 table, refcount blocks and refcount table, to be written at the data's
+    /// end (`lay.pos` when [`metadata`] is called).
+    tail: Vec<u8>,
+}
+
+/// Lay out the metadata after the data (`lay.pos`, cluster aligned), count its clusters and
+/// advance `lay.pos` to the end of the file.
+fn metadata(lay: &mut Layout, virtual_size: u64, compression: Compression) -> Result<Metadata> {
     let clusters = virtual_size.div_ceil(CLUSTER);
     let l1_size = clusters.div_ceil(L2_ENTRIES);
     let l1_clusters = (l1_size * 8).div_ceil(CLUSTER).max(1);
@@ -210,40 +315,41 @@ fn write_metadata(
         lay.add_ref(c)?;
     }
 
+    let mut tail = Vec::with_capacity(((total - l2_start) * CLUSTER) as usize);
     let mut l1 = vec![0u8; (l1_clusters * CLUSTER) as usize];
     for (i, (l1_index, table)) in lay.l2.iter().enumerate() {
         let at = (l2_start + i as u64) * CLUSTER;
         let slot = *l1_index as usize * 8;
         l1[slot..slot + 8].copy_from_slice(&(at | OFLAG_COPIED).to_be_bytes());
-        let mut buf = Vec::with_capacity(CLUSTER as usize);
         for e in table {
-            buf.extend_from_slice(&e.to_be_bytes());
+            tail.extend_from_slice(&e.to_be_bytes());
         }
-        w.write_all(&buf).context("writing an L2 table")?;
     }
-    w.write_all(&l1).context("writing the L1 table")?;
+    tail.extend_from_slice(&l1);
 
     let mut blocks = vec![0u8; (refblocks * CLUSTER) as usize];
     for (i, r) in lay.refs.iter().enumerate() {
         blocks[i * 2..i * 2 + 2].copy_from_slice(&r.to_be_bytes());
     }
-    w.write_all(&blocks).context("writing refcount blocks")?;
+    tail.extend_from_slice(&blocks);
     let mut table = vec![0u8; (reftable * CLUSTER) as usize];
     for b in 0..refblocks {
         let at = (rb_start + b) * CLUSTER;
         table[b as usize * 8..b as usize * 8 + 8].copy_from_slice(&at.to_be_bytes());
     }
-    w.write_all(&table).context("writing the refcount table")?;
+    tail.extend_from_slice(&table);
     lay.pos = total * CLUSTER;
+    debug_assert_eq!(tail.len() as u64, (total - l2_start) * CLUSTER);
 
-    Ok(header(HeaderFields {
+    let header = header(HeaderFields {
         virtual_size,
         l1_size: u32::try_from(l1_size).context("disk too large for one L1 table")?,
         l1_offset: l1_start * CLUSTER,
         reftable_offset: rt_start * CLUSTER,
         reftable_clusters: reftable as u32,
         compression,
-    }))
+    });
+    Ok(Metadata { header, tail })
 }
 
 struct HeaderFields {

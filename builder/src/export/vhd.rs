@@ -7,14 +7,16 @@
 //! exactly. The unique id is derived from the disk content and the timestamp is fixed, so the
 //! same raw image always gives the same file.
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nodeimg_common::digest::Sha256Hex;
 use nodeimg_common::fsutil::AtomicFile;
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
-use super::sparse::{self, Piece};
+use super::raw;
+use super::stream::HashPipe;
 use super::{input_len, ExportReport, Meter};
 use crate::progress::Step;
 use crate::recipe::schema::Format;
@@ -131,25 +133,12 @@ pub fn write_fixed(raw: &Path, out: &Path, timestamp: i64, step: &Step) -> Resul
     dst.file()
         .set_len(size + FOOTER_LEN as u64)
         .with_context(|| format!("sizing {}", dst.temp_path().display()))?;
-    let file = dst
-        .file()
-        .try_clone()
-        .context("duplicating the output handle")?;
-    let mut hasher = Sha256::new();
+    let mut pipe = HashPipe::new()?;
     let mut meter = Meter::new(step, len);
-    sparse::walk(&src, len, 4096, 4 << 20, |piece| {
-        match piece {
-            Piece::Data { offset, bytes } => {
-                hasher.update(bytes);
-                sparse::write_nonzero(&file, offset, bytes)?;
-                meter.at(offset + bytes.len() as u64);
-            }
-            Piece::Hole { len, .. } => sparse::hash_zeros(&mut hasher, len),
-        }
-        Ok(())
-    })
-    .with_context(|| format!("copying {}", raw.display()))?;
-    sparse::hash_zeros(&mut hasher, size - len);
+    raw::copy_hashed(&src, len, dst.file(), &mut pipe, &mut meter)
+        .with_context(|| format!("copying {}", raw.display()))?;
+    pipe.zeros(size - len)?;
+    let mut hasher = pipe.finish()?;
     // The content digest so far identifies the disk: same content, same id.
     let content = hasher.clone().finalize();
     let mut id = [0u8; 16];
@@ -161,8 +150,8 @@ pub fn write_fixed(raw: &Path, out: &Path, timestamp: i64, step: &Step) -> Resul
         vhd_timestamp(timestamp),
         id,
     );
-    use std::os::unix::fs::FileExt;
-    file.write_all_at(&foot, size)
+    dst.file()
+        .write_all_at(&foot, size)
         .context("writing the VHD footer")?;
     hasher.update(foot);
     dst.commit()?;
