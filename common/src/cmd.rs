@@ -35,6 +35,7 @@ const PACKAGE_HINTS: &[(&str, &str)] = &[
     ("sgdisk", "gdisk"),
     ("sfdisk", "fdisk"),
     ("qemu-img", "qemu-utils"),
+    ("socat", "socat"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("genisoimage", "genisoimage"),
     ("xorriso", "xorriso"),

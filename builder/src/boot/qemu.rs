@@ -136,7 +136,10 @@ pub struct DirectKernel {
 pub struct UserNet {
     /// (host port on 127.0.0.1, guest port), TCP.
     pub hostfwd: Vec<(u16, u16)>,
-    /// (guest address `10.0.2.x`, guest port, host port on 127.0.0.1), TCP.
+    /// (guest address `10.0.2.x`, guest port, host port on 127.0.0.1), TCP. Each guest
+    /// connection gets its own `socat` to the host port (Debian package `socat`): a
+    /// `tcp:` chardev target would connect once, at qemu start, and carry only the first
+    /// guest connection.
     pub guestfwd: Vec<(String, u16, u16)>,
 }
 
@@ -320,9 +323,17 @@ impl Vm {
             for (host, guest) in &net.hostfwd {
                 netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
             }
+            if !net.guestfwd.is_empty() {
+                // qemu runs the forwarder through the shell only when a guest connects, where
+                // a missing tool would just drop the connection: check it up front.
+                Cmd::new("socat")
+                    .arg("-V")
+                    .run()
+                    .context("guest forwards need socat")?;
+            }
             for (addr, gport, hport) in &net.guestfwd {
                 netdev.push_str(&format!(
-                    ",guestfwd=tcp:{addr}:{gport}-tcp:127.0.0.1:{hport}"
+                    ",guestfwd=tcp:{addr}:{gport}-cmd:socat - TCP:127.0.0.1:{hport}"
                 ));
             }
             args.extend([

@@ -243,6 +243,9 @@ fn apply_units(tree: &Path, recipe: &Recipe, nodeboot: bool) -> Result<()> {
     let mut mask = vec!["swap.target".to_owned()];
     if nodeboot {
         enable.push("nodeboot.service".to_owned());
+        // The health gate after upgrades and rollbacks; it runs only while a change is in
+        // flight (ConditionPathExists= in the unit).
+        enable.push("nodeboot-health.service".to_owned());
     }
     match recipe.os.time_sync.service {
         TimeSyncService::SystemdTimesyncd => {

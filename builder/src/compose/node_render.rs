@@ -112,6 +112,10 @@ pub fn render_node_files(recipe: &Recipe, ctx: &RenderContext) -> Vec<RenderedFi
             "/usr/lib/systemd/system/nodeboot.service",
             nodeboot_service(),
         ));
+        out.push(f(
+            "/usr/lib/systemd/system/nodeboot-health.service",
+            nodeboot::units::NODEBOOT_HEALTH_SERVICE.to_owned(),
+        ));
     }
     out
 }
@@ -447,6 +451,7 @@ sudo = true
         assert!(!paths.iter().any(|p| p.contains("ssh")));
         assert!(!paths.contains(&"/etc/hostname"));
         assert!(!paths.contains(&"/usr/lib/systemd/system/nodeboot.service"));
+        assert!(!paths.contains(&"/usr/lib/systemd/system/nodeboot-health.service"));
         let c = files
             .iter()
             .find(|f| f.path == "/etc/containerd/config.toml")
