@@ -153,7 +153,11 @@ fn signed_build_publishes_the_key_and_the_image_verifies() {
     sign_with(&recipe, &keys.fingerprint, "gnupg");
     let mut opts = fx.options(&recipe, "repo", "cache");
     opts.formats = Some(vec![Format::Raw, Format::Pxe]);
-    opts.pxe.http_base = Some("http://192.0.2.10/k8s/fixture-node-1.0.0".into());
+    // The kickstart names `<http-base>/repo`: serve the fixture directory (the repository
+    // appears under it during the build) so the kickstart's own scripts can be run against it.
+    assert_eq!(opts.repo, fx.path().join("repo"));
+    let base = serve(fx.path().to_path_buf());
+    opts.pxe.http_base = Some(base.clone());
     let built = build(&opts).unwrap();
     let m = &built.manifest;
     let checksum = m.commit.checksum.clone();
@@ -194,20 +198,37 @@ fn signed_build_publishes_the_key_and_the_image_verifies() {
         "no remote keyring in the image"
     );
 
-    // The kickstart verifies too, with the published key.
+    // A client pulling over HTTP with gpg-verify=true: refused without the key, accepted
+    // once the kickstart's %pre has trusted it the way Anaconda's environment would see it
+    // (the global keyring directory, bind-mounted privately so the host is untouched), and
+    // accepted by the installed system's remote after the kickstart's %post import.
     let ks = fs::read_to_string(built.output_dir.join("pxe/fixture-node.ks")).unwrap();
     assert!(!ks.contains("--nogpg"), "{ks}");
+    let url = format!("{base}/repo");
     assert!(
-        ks.contains(
-            "curl -fsSL 'http://192.0.2.10/k8s/fixture-node-1.0.0/repo/nodeimg.asc' | ostree \
-             remote gpg-import --stdin nodeimg"
-        ),
+        ks.contains(&format!(
+            "ostreesetup --osname=nodeimg --remote=nodeimg --url={url} --ref={REF}\n"
+        )),
         "{ks}"
     );
+    let section = |start: &str, from: &str, to: &str| -> String {
+        let body = &ks[ks
+            .find(start)
+            .unwrap_or_else(|| panic!("no `{start}` in\n{ks}"))..];
+        let body = &body[body.find(from).unwrap()..];
+        body[..body.find(to).unwrap() + to.len()].to_owned()
+    };
+    let pre = section("%pre --erroronfail", "set -eu", "NODEIMG_KEY\n");
+    let post_import = section(
+        "%post --erroronfail --log=/root/",
+        "base64 -d > /run/nodeimg-key.gpg",
+        "rm -f /run/nodeimg-key.gpg\n",
+    );
+    let scripts = fx.path().join("ks-scripts");
+    fs::create_dir_all(&scripts).unwrap();
+    fs::write(scripts.join("pre.sh"), &pre).unwrap();
+    fs::write(scripts.join("post-import.sh"), &post_import).unwrap();
 
-    // A client pulling over HTTP with gpg-verify=true: refused without the key, accepted
-    // with the published one.
-    let url = format!("{}/", serve(repo.clone()));
     let client = fx.path().join("client");
     ostree(&client, &["init", "--mode=archive"]);
     ostree(
@@ -217,34 +238,58 @@ fn signed_build_publishes_the_key_and_the_image_verifies() {
             "add",
             "--set=gpg-verify=true",
             "--set=gpg-verify-summary=false",
-            "origin",
+            "nodeimg",
             &url,
         ],
     );
-    let pull = || {
-        Cmd::new("ostree")
-            .arg(format!("--repo={}", client.display()))
-            .args(["pull", "origin", REF])
+    // `unshare -m`: a private mount namespace, so the bind mount and tmpfs stay in it.
+    let in_namespace = |script: &str| {
+        Cmd::new("unshare")
+            .args(["-m", "sh", "-ec", script, "sh"])
+            .arg(fx.path())
+            .arg(&client)
+            .arg(REF)
             .run()
     };
-    let err = pull().expect_err("an unknown signer must be refused");
+    let trusted_dir = "/usr/share/ostree/trusted.gpg.d";
+    assert!(
+        Path::new(trusted_dir).is_dir(),
+        "libostree's global keyring directory is missing"
+    );
+    let empty_global = format!(
+        "mkdir -p \"$1/global\"; mount --bind \"$1/global\" {trusted_dir}; \
+         ostree --repo=\"$2\" pull nodeimg \"$3\""
+    );
+    let err = in_namespace(&empty_global).expect_err("an unknown signer must be refused");
     assert!(
         err.to_string().to_lowercase().contains("gpg")
             || err.to_string().to_lowercase().contains("signature"),
         "{err}"
     );
-    ostree(
-        &client,
-        &[
-            "remote",
-            "gpg-import",
-            &format!("--keyring={}", repo.join("nodeimg.asc").display()),
-            "origin",
-        ],
+    let with_pre = format!(
+        "mkdir -p \"$1/global-pre\"; mount --bind \"$1/global-pre\" {trusted_dir}; \
+         sh -e \"$1/ks-scripts/pre.sh\"; ostree --repo=\"$2\" pull nodeimg \"$3\""
     );
-    pull().unwrap();
+    in_namespace(&with_pre).unwrap();
     assert_eq!(
-        ostree(&client, &["rev-parse", &format!("origin:{REF}")]),
+        ostree(&client, &["rev-parse", &format!("nodeimg:{REF}")]),
+        checksum
+    );
+
+    // The installed system: only its remote's keyring trusts the key (the global directory
+    // stays empty), after the %post import.
+    let installed = fx.path().join("installed");
+    ostree(&installed, &["init", "--mode=archive"]);
+    let with_post = format!(
+        "mkdir -p \"$1/global-post\"; mount --bind \"$1/global-post\" {trusted_dir}; \
+         mount -t tmpfs tmpfs /run; OSTREE_REPO=\"$1/installed\" sh -e \"$1/ks-scripts/post-import.sh\"; \
+         ostree --repo=\"$1/installed\" pull nodeimg \"$3\""
+    );
+    in_namespace(&with_post).unwrap();
+    let remote_config = fs::read_to_string(installed.join("config")).unwrap();
+    assert!(remote_config.contains("gpg-verify=true"), "{remote_config}");
+    assert_eq!(
+        ostree(&installed, &["rev-parse", &format!("nodeimg:{REF}")]),
         checksum
     );
 

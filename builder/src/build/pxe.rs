@@ -33,6 +33,9 @@ pub struct PxeOptions {
     pub inventory: Option<PathBuf>,
     /// Disk the built-in installer writes (default `/dev/sda`).
     pub install_device: Option<String>,
+    /// Node config URL: `nodeboot.config=` for the built-in installer (which places the
+    /// config on the disk) and on the kickstart-installed system's kernel line.
+    pub config_url: Option<String>,
 }
 
 /// The PXE inputs, read and validated before the build starts (a bad user-data file must
@@ -43,6 +46,7 @@ pub struct PxeInputs {
     pub user_data: Option<String>,
     pub inventory: Option<Inventory>,
     pub install_device: Option<String>,
+    pub config_url: Option<String>,
 }
 
 /// The URL the booted system upgrades from when the build knows one: the repository under
@@ -89,12 +93,33 @@ pub fn check(opts: &PxeOptions) -> Result<PxeInputs> {
             bail!("--install-device `{dev}` must be a /dev/ path without spaces");
         }
     }
+    if let Some(u) = &opts.config_url {
+        check_config_url(u)?;
+    }
     Ok(PxeInputs {
         http_base: base.trim_end_matches('/').to_owned(),
         user_data,
         inventory,
         install_device: opts.install_device.clone(),
+        config_url: opts.config_url.clone(),
     })
+}
+
+/// The schemes nodeboot fetches a config from; no spaces (it is one kernel argument).
+fn check_config_url(u: &str) -> Result<()> {
+    let scheme_ok = ["http://", "https://", "file://"]
+        .iter()
+        .any(|s| u.starts_with(s) && u.len() > s.len());
+    if !scheme_ok
+        || u.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+    {
+        bail!(
+            "--config-url `{u}` must be an http://, https:// or file:// URL without spaces or quotes \
+             (it becomes `nodeboot.config=URL` on a kernel command line)"
+        );
+    }
+    Ok(())
 }
 
 /// What the PXE stage gets from the build.
@@ -122,17 +147,15 @@ pub fn write(b: &PxeBuild<'_>, inputs: &PxeInputs, out: &mut OutputDir) -> Resul
     let step = progress::step("pxe");
     let mut req = PxeRequest::from_recipe(b.recipe, b.checksum, &inputs.http_base);
     req.user_data = inputs.user_data.clone();
-    if b.recipe.commit.gpg_key_id.is_some() {
-        // The build exported the key next to the repository (`publish::publish_gpg_key`).
-        req.gpg_key_url = Some(format!(
-            "{}/{}",
-            req.repo_url,
-            crate::publish::gpg_key_file_name(b.recipe.image.osname.as_str())
-        ));
+    if let Some(key) = crate::build::gpg_key(b.recipe) {
+        // Embedded in the kickstart rather than fetched at install time: trust must not come
+        // from the server that also serves the commits.
+        req.gpg_key = Some(crate::commit::public_key_binary(&key)?);
     }
     if let Some(dev) = &inputs.install_device {
         req.install_device = dev.clone();
     }
+    req.config_url = inputs.config_url.clone();
     req.raw_image = b
         .raw_image
         .as_ref()
@@ -301,6 +324,32 @@ mod tests {
             ..o
         };
         assert!(check(&o).is_err());
+    }
+
+    #[test]
+    fn config_url_is_checked() {
+        let o = PxeOptions {
+            http_base: Some("http://h/".into()),
+            config_url: Some("http://10.0.2.100:8080/nodes/node-1.toml".into()),
+            ..PxeOptions::default()
+        };
+        assert_eq!(
+            check(&o).unwrap().config_url.as_deref(),
+            Some("http://10.0.2.100:8080/nodes/node-1.toml")
+        );
+        for bad in [
+            "ftp://h/c.toml",
+            "http://",
+            "http://h/a b.toml",
+            "/srv/c.toml",
+        ] {
+            let o = PxeOptions {
+                config_url: Some(bad.into()),
+                ..o.clone()
+            };
+            let err = check(&o).unwrap_err().to_string();
+            assert!(err.contains("--config-url"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -86,6 +86,12 @@ pub fn export_public_key(key: &GpgKey<'_>, dest: &Path) -> Result<Sha256Hex> {
     Ok(Sha256Hex::of_bytes(&armored))
 }
 
+/// The public key as a binary OpenPGP keyring (what libostree's global keyring directory,
+/// `/usr/share/ostree/trusted.gpg.d/*.gpg`, accepts: an armored file there is not read).
+pub fn public_key_binary(key: &GpgKey<'_>) -> Result<Vec<u8>> {
+    export(key, false)
+}
+
 fn export(key: &GpgKey<'_>, armor: bool) -> Result<Vec<u8>> {
     let mut cmd = Cmd::new("gpg").arg("--batch");
     if let Some(h) = key.homedir {

@@ -21,7 +21,7 @@ use glib::{Variant, VariantTy};
 use ostree::gio;
 use ostree::prelude::*;
 
-pub use gpg::{copy_signatures, export_public_key, verify_signed_by, GpgKey};
+pub use gpg::{copy_signatures, export_public_key, public_key_binary, verify_signed_by, GpgKey};
 pub use inspect::{inspect, render_text, CommitInfo};
 
 use crate::compose::Package;

@@ -41,9 +41,11 @@ pub struct PxeRequest {
     /// Kernel arguments of the installed system (the recipe's, without `root=`/`rw`, which
     /// Anaconda sets itself).
     pub kernel_args: Vec<String>,
-    /// GPG verification: `None` renders `--nogpg` (unsigned commit); `Some(key_url)` keeps
-    /// verification on and imports the key.
-    pub gpg_key_url: Option<String>,
+    /// GPG verification: `None` renders `--nogpg` (unsigned commit); `Some(key)` (the
+    /// public key as a binary OpenPGP keyring) keeps verification on: a `%pre` trusts the key
+    /// in the installer before `ostreesetup` pulls, `%post` imports it for the installed
+    /// system's remote.
+    pub gpg_key: Option<Vec<u8>>,
     /// `/boot` size in MiB, as in the disk image layout.
     pub boot_mib: u64,
     /// nodeboot config embedded for every machine without inventory-specific user-data
@@ -90,7 +92,7 @@ impl PxeRequest {
             repo_url: format!("{base}/repo"),
             http_base: base,
             kernel_args: recipe.os.kernel_args.clone(),
-            gpg_key_url: None,
+            gpg_key: None,
             boot_mib: recipe.disk.boot_size.bytes() / (1024 * 1024),
             user_data: None,
             config_url: None,
@@ -144,6 +146,22 @@ fn common_vars(req: &PxeRequest) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// libostree's global keyring directory: every `*.gpg` file (binary keyring) in it is trusted
+/// for every remote.
+const TRUSTED_GPG_DIR: &str = "/usr/share/ostree/trusted.gpg.d";
+
+/// `bytes` in base64, 76 characters a line, each line ended.
+fn base64_lines(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 76 + 1);
+    for chunk in b64.as_bytes().chunks(76) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out
+}
+
 /// The user-data goes into a quoted heredoc: only its terminator line could break out.
 fn heredoc_safe(content: &str) -> Result<()> {
     if content.lines().any(|l| l == "NODEIMG_EOF") {
@@ -175,26 +193,59 @@ pub fn render_kickstart(
         kargs.push(format!("nodeboot.config={url}"));
     }
     vars.push(("kernel_args", kargs.join(" ")));
-    let gpg = match &req.gpg_key_url {
-        None => " --nogpg".to_owned(),
-        Some(_) => String::new(),
-    };
-    vars.push((
-        "ostreesetup",
-        format!(
-            "ostreesetup --osname={} --remote={} --url={} --ref={}{gpg}",
-            req.osname, req.osname, req.repo_url, req.ref_name
-        ),
-    ));
-
+    let ostreesetup = format!(
+        "ostreesetup --osname={} --remote={} --url={} --ref={}{}",
+        req.osname,
+        req.osname,
+        req.repo_url,
+        req.ref_name,
+        if req.gpg_key.is_some() {
+            ""
+        } else {
+            " --nogpg"
+        }
+    );
     let mut post = String::new();
-    if let Some(key_url) = &req.gpg_key_url {
-        writeln!(
-            post,
-            "curl -fsSL '{key_url}' | ostree remote gpg-import --stdin {}",
-            req.osname
-        )?;
+    match &req.gpg_key {
+        None => vars.push(("ostreesetup", ostreesetup)),
+        Some(key) => {
+            let key_b64 = base64_lines(key);
+            let trusted = format!("{TRUSTED_GPG_DIR}/nodeimg-{}.gpg", req.osname);
+            let mut pre = String::new();
+            writeln!(
+                pre,
+                "# The commit is signed and ostreesetup verifies it while pulling, with the keys in\n\
+                 # the installer's global OSTree keyring directory: trust the builder's key there\n\
+                 # first (embedded here, not fetched from the server that serves the commits)."
+            )?;
+            writeln!(pre, "%pre --erroronfail --log=/tmp/nodeimg-ks-pre.log")?;
+            writeln!(pre, "set -eu")?;
+            writeln!(pre, "install -d -m 0755 {TRUSTED_GPG_DIR}")?;
+            writeln!(pre, "base64 -d > {trusted} <<'NODEIMG_KEY'")?;
+            pre.push_str(&key_b64);
+            writeln!(pre, "NODEIMG_KEY")?;
+            writeln!(pre, "%end")?;
+            writeln!(pre)?;
+            pre.push_str(&ostreesetup);
+            vars.push(("ostreesetup", pre));
+            // Later upgrades verify with the remote's own keyring in the installed system.
+            writeln!(post, "base64 -d > /run/nodeimg-key.gpg <<'NODEIMG_KEY'")?;
+            post.push_str(&key_b64);
+            writeln!(post, "NODEIMG_KEY")?;
+            writeln!(
+                post,
+                "ostree remote add --if-not-exists --set=gpg-verify=true {} {}",
+                req.osname, req.repo_url
+            )?;
+            writeln!(
+                post,
+                "ostree remote gpg-import --keyring=/run/nodeimg-key.gpg {}",
+                req.osname
+            )?;
+            writeln!(post, "rm -f /run/nodeimg-key.gpg")?;
+        }
     }
+
     let user_data = node.and_then(|(_, ud)| ud).or(req.user_data.as_deref());
     if let Some(ud) = user_data {
         heredoc_safe(ud)?;

@@ -25,7 +25,7 @@ fn request() -> PxeRequest {
         http_base: "http://10.0.2.2:8080".into(),
         repo_url: "http://10.0.2.2:8080/repo".into(),
         kernel_args: vec!["console=ttyS0,115200".into(), "quiet".into()],
-        gpg_key_url: None,
+        gpg_key: None,
         boot_mib: 384,
         user_data: None,
         config_url: Some("http://10.0.2.2:8080/config/${mac}.toml".into()),
@@ -80,10 +80,30 @@ fn generic_kickstart_golden() {
 #[test]
 fn signed_commit_keeps_verification_on() {
     let mut req = request();
-    req.gpg_key_url = Some("http://10.0.2.2:8080/repo/nodeimg.gpg".into());
+    // Not a real key: the bytes only need to come back out of the embedded base64.
+    let key: Vec<u8> = (0u8..=255).cycle().take(700).collect();
+    req.gpg_key = Some(key.clone());
     let ks = render_kickstart(&req, None).unwrap();
     assert!(!ks.contains("--nogpg"));
-    assert!(ks.contains("gpg-import"));
+    // The key is trusted in %pre, before the ostreesetup that verifies while pulling.
+    let pre = ks.find("%pre --erroronfail").expect("a %pre section");
+    assert!(pre < ks.find("\nostreesetup ").unwrap(), "{ks}");
+    assert!(ks.contains("base64 -d > /usr/share/ostree/trusted.gpg.d/nodeimg-nodeimg.gpg"));
+    assert!(ks.contains("ostree remote gpg-import --keyring=/run/nodeimg-key.gpg nodeimg"));
+    let embedded: String = ks
+        .split("<<'NODEIMG_KEY'\n")
+        .nth(1)
+        .and_then(|rest| rest.split("NODEIMG_KEY\n").next())
+        .unwrap()
+        .lines()
+        .collect();
+    use base64::Engine as _;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(embedded)
+            .unwrap(),
+        key
+    );
     assert_golden(golden("signed.ks"), &ks);
 }
 
@@ -203,7 +223,7 @@ fn ksvalidator_accepts_every_kickstart() {
     let d = tempfile::tempdir().unwrap();
     let inv = inventory(d.path());
     let mut signed = request();
-    signed.gpg_key_url = Some("http://10.0.2.2:8080/repo/nodeimg.gpg".into());
+    signed.gpg_key = Some((0u8..=255).cycle().take(700).collect());
     let mut files = render_all(&request(), Some(&inv)).unwrap();
     files.push(Rendered {
         path: "signed.ks".into(),
