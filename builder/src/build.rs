@@ -55,7 +55,7 @@ pub struct BuildOptions {
     /// the later stages (disk, export, pxe).
     pub formats: Option<Vec<Format>>,
     pub initramfs_check: InitramfsCheck,
-    /// `--http-base`, `--userdata`, `--inventory`, `--install-device`.
+    /// `--http-base`, `--userdata`, `--inventory`, `--install-device`, `--config-url`.
     pub pxe: pxe::PxeOptions,
     /// Generate a static delta from the ref's previous commit even when the recipe does not
     /// ask for one (`commit.static-delta`).
@@ -165,9 +165,13 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
         Some(pxe::check(&opts.pxe)?)
     } else {
         let p = &opts.pxe;
-        if p.user_data.is_some() || p.inventory.is_some() || p.install_device.is_some() {
+        if p.user_data.is_some()
+            || p.inventory.is_some()
+            || p.install_device.is_some()
+            || p.config_url.is_some()
+        {
             anyhow::bail!(
-                "--userdata, --inventory and --install-device only apply to the pxe format, \
+                "--userdata, --inventory, --install-device and --config-url only apply to the pxe format, \
                  which this build does not produce (add --format ...,pxe)"
             );
         }

@@ -60,6 +60,11 @@ pub struct BuildArgs {
     /// Disk the built-in installer writes [default: /dev/sda] (`pxe`).
     #[arg(long, value_name = "DEV")]
     pub install_device: Option<String>,
+    /// Node config URL for `pxe`: `nodeboot.config=URL` on the built-in installer's kernel
+    /// line (it fetches, validates and places the config) and on the kickstart-installed
+    /// system's.
+    #[arg(long, value_name = "URL")]
+    pub config_url: Option<String>,
 }
 
 /// `nodeimg inspect REPO [REF]`: a commit's checksum, parent, date, version, metadata and size.
@@ -98,6 +103,7 @@ pub fn run_build(args: &BuildArgs) -> Result<()> {
             user_data: args.userdata.clone(),
             inventory: args.inventory.clone(),
             install_device: args.install_device.clone(),
+            config_url: args.config_url.clone(),
         },
         static_delta: args.static_delta,
     };
