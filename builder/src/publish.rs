@@ -24,6 +24,7 @@ pub struct PublishRequest<'a> {
 
 /// Generate the delta (when asked and there is a parent) and regenerate the summary.
 pub fn publish(req: &PublishRequest<'_>) -> Result<PublishRecord> {
+    let _libostree = commit::libostree_lock();
     let repo = commit::open_or_create_repo(req.repo)?;
     let cancel = gio::Cancellable::NONE;
     let static_delta = match (req.static_delta, req.parent) {

@@ -131,17 +131,8 @@ fn cat_from_image(image: &Path, path: &str) -> Option<String> {
         })
 }
 
-/// libostree aborted (an assertion in its local pull) when both tests' builds pulled at the
-/// same time in this one process: each build runs libostree on its own thread. Until the
-/// builder serialises libostree per process, these tests take turns.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[test]
 fn signed_build_publishes_the_key_and_the_image_verifies() {
-    let _serial = serial();
     if let Some(why) = skip_reason() {
         eprintln!("skipping: {why}");
         return;
@@ -318,7 +309,6 @@ fn signed_build_publishes_the_key_and_the_image_verifies() {
 
 #[test]
 fn a_key_that_cannot_sign_leaves_the_ref_alone() {
-    let _serial = serial();
     if let Some(why) = skip_reason() {
         eprintln!("skipping: {why}");
         return;

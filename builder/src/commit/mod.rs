@@ -26,6 +26,17 @@ pub use inspect::{inspect, render_text, CommitInfo};
 
 use crate::compose::Package;
 
+/// libostree is not safe to drive from two threads of one process at once: two local pulls
+/// running in parallel aborted inside libostree (`n_outstanding_content_write_requests > 0`).
+/// Every builder entry point that writes a repository with libostree (commit, publish,
+/// deploy) holds this lock for its duration. A build runs them one after another anyway;
+/// only callers that build in parallel in one process (tests, library users) wait.
+pub fn libostree_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Commit timestamp used when neither `SOURCE_DATE_EPOCH` nor the recipe sets one.
 pub const DEFAULT_TIMESTAMP: u64 = 1_700_000_000;
 
@@ -257,6 +268,7 @@ pub fn metadata_variant(m: &CommitMetadata, ostree_ref: &str) -> Variant {
 /// Write the commit and move the ref. The ref moves in one transaction with the signature,
 /// after every object is in `spec.repo`: a failure leaves the ref where it was.
 pub fn commit(spec: &CommitSpec<'_>, source: CommitSource<'_>) -> Result<Committed> {
+    let _libostree = libostree_lock();
     let repo = open_or_create_repo(spec.repo)?;
     let parent = ref_target(&repo, spec.ostree_ref)?;
     let staged = match spec.stage_repo {
@@ -462,6 +474,7 @@ fn sign(repo: &ostree::Repo, checksum: &str, key_file: &Path) -> Result<()> {
 /// Drop from the stage repository every object no ref reaches: it holds one tree per ref,
 /// the current one (older trees are in the archive repository, which keeps history).
 pub fn prune_stage_repo(path: &Path) -> Result<()> {
+    let _libostree = libostree_lock();
     let repo = open_or_create_stage_repo(path)?;
     repo.prune(ostree::RepoPruneFlags::REFS_ONLY, 0, gio::Cancellable::NONE)
         .with_context(|| format!("pruning the stage repository {}", path.display()))?;

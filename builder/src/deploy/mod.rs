@@ -81,6 +81,7 @@ impl Deployed {
 /// Deploy `req.ref_name` from `req.repo` into a fresh staged sysroot and write its boot menu.
 pub fn deploy(req: &DeployRequest) -> Result<Deployed> {
     let kernel_args = validate(req)?;
+    let _libostree = crate::commit::libostree_lock();
     let step = progress::step(format!("deploy {} ({})", req.ref_name, req.osname));
     let staging = StagingDir::create(&req.workdir)?;
     let sysroot = staging.path().join("sysroot");
