@@ -20,7 +20,7 @@ pub mod pxe;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nodeimg_common::digest::{KeyBuilder, Sha256Hex};
 
 use crate::cache::{Cache, CommitIndexEntry, KEEP_ROOTFS};
@@ -322,131 +322,153 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
         },
     )?;
 
-    let gpg_signature = match gpg_key(recipe) {
-        Some(key) => {
-            let step = progress::step("publish GPG public key");
-            let rec = publish::publish_gpg_key(
-                &opts.repo,
-                recipe.image.osname.as_str(),
-                &committed.checksum,
-                &key,
-            )?;
-            timings.add("publish-gpg-key", step, false, &rec.public_key);
-            Some(rec)
-        }
-        None => None,
-    };
-    let gpg_public_key = gpg_signature
-        .as_ref()
-        .map(|r| opts.repo.join(&r.public_key));
-
-    let publish_record = if reused {
-        None
-    } else {
-        let step = progress::step("publish");
-        let rec = publish::publish(&PublishRequest {
-            repo: &opts.repo,
-            parent: committed.parent.as_deref(),
-            checksum: &committed.checksum,
-            static_delta: recipe.commit.static_delta || opts.static_delta,
-        })?;
-        let note = match &rec.static_delta {
-            Some(d) => format!("summary, static delta {} bytes", d.size),
-            None => "summary".to_owned(),
+    // From here on the ref has moved (unless the commit was reused): when a later stage
+    // fails, the ref goes back, so the repository never publishes a commit whose images
+    // failed to build.
+    let moved_ref = ostree_ref.clone();
+    let after_commit = (|| -> Result<BuildOutcome> {
+        let gpg_signature = match gpg_key(recipe) {
+            Some(key) => {
+                let step = progress::step("publish GPG public key");
+                let rec = publish::publish_gpg_key(
+                    &opts.repo,
+                    recipe.image.osname.as_str(),
+                    &committed.checksum,
+                    &key,
+                )?;
+                timings.add("publish-gpg-key", step, false, &rec.public_key);
+                Some(rec)
+            }
+            None => None,
         };
-        timings.add("publish", step, false, &note);
-        Some(rec)
-    };
+        let gpg_public_key = gpg_signature
+            .as_ref()
+            .map(|r| opts.repo.join(&r.public_key));
 
-    let mut out = OutputDir::create(
-        &opts.output,
-        recipe.image.name.as_str(),
-        &recipe.image.version.to_string(),
-    )?;
-    let notes = later_stages(
-        &PostCommit {
-            recipe,
-            repo: &opts.repo,
-            ostree_ref: &ostree_ref,
-            checksum: &committed.checksum,
-            timestamp,
-            kernel_version: &kernel_version,
-            formats: &formats,
-            cache: &cache,
-            remote: pxe::remote_for(&opts.pxe, recipe.image.osname.as_str()),
-            gpg_public_key: gpg_public_key.as_deref(),
-            pxe: pxe_inputs.as_ref(),
-            nodeboot: nodeboot_bin.as_deref(),
-        },
-        &mut out,
-        &mut timings,
-    )?;
+        let publish_record = if reused {
+            None
+        } else {
+            let step = progress::step("publish");
+            let rec = publish::publish(&PublishRequest {
+                repo: &opts.repo,
+                parent: committed.parent.as_deref(),
+                checksum: &committed.checksum,
+                static_delta: recipe.commit.static_delta || opts.static_delta,
+            })?;
+            let note = match &rec.static_delta {
+                Some(d) => format!("summary, static delta {} bytes", d.size),
+                None => "summary".to_owned(),
+            };
+            timings.add("publish", step, false, &note);
+            Some(rec)
+        };
 
-    let mut manifest = Manifest {
-        manifest_version: manifest::MANIFEST_VERSION,
-        nodeimg_version: env!("CARGO_PKG_VERSION").to_owned(),
-        image: manifest::ImageInfo {
-            name: recipe.image.name.to_string(),
-            version: recipe.image.version.to_string(),
-            description: recipe.image.description.clone(),
-        },
-        recipe: manifest::RecipeInfo {
-            path: loaded.path.display().to_string(),
-            digest: loaded.digest.clone(),
-            files: loaded
-                .files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect(),
-        },
-        inputs: manifest::Inputs {
-            base_kind: format!("{:?}", recipe.base.kind).to_lowercase(),
-            suite: recipe.base.suite.clone(),
-            mirrors: recipe.base.mirrors.iter().map(|m| m.to_string()).collect(),
-            components: recipe.base.components.clone(),
-            kubernetes_version: recipe.kubernetes.version.to_string(),
-            kernel_version,
-            rootfs_key,
-            customize_key,
-            commit_key,
-        },
-        artifacts: recipe
-            .artifacts
-            .iter()
-            .map(|a| manifest::ArtifactInfo {
-                name: a.name.to_string(),
-                url: a.url.to_string(),
-                sha256: a.sha256.clone(),
-                size: fetched
+        let mut out = OutputDir::create(
+            &opts.output,
+            recipe.image.name.as_str(),
+            &recipe.image.version.to_string(),
+        )?;
+        let notes = later_stages(
+            &PostCommit {
+                recipe,
+                repo: &opts.repo,
+                ostree_ref: &ostree_ref,
+                checksum: &committed.checksum,
+                timestamp,
+                kernel_version: &kernel_version,
+                formats: &formats,
+                cache: &cache,
+                remote: pxe::remote_for(&opts.pxe, recipe.image.osname.as_str()),
+                gpg_public_key: gpg_public_key.as_deref(),
+                pxe: pxe_inputs.as_ref(),
+                nodeboot: nodeboot_bin.as_deref(),
+            },
+            &mut out,
+            &mut timings,
+        )?;
+
+        let mut manifest = Manifest {
+            manifest_version: manifest::MANIFEST_VERSION,
+            nodeimg_version: env!("CARGO_PKG_VERSION").to_owned(),
+            image: manifest::ImageInfo {
+                name: recipe.image.name.to_string(),
+                version: recipe.image.version.to_string(),
+                description: recipe.image.description.clone(),
+            },
+            recipe: manifest::RecipeInfo {
+                path: loaded.path.display().to_string(),
+                digest: loaded.digest.clone(),
+                files: loaded
+                    .files
                     .iter()
-                    .find(|f| f.name == a.name.as_str())
-                    .map(|f| f.size)
-                    .unwrap_or(0),
-                dest: a.dest.to_string(),
-            })
-            .collect(),
-        packages,
-        commit: manifest::CommitRecord {
-            checksum: committed.checksum.clone(),
-            parent: committed.parent.clone(),
-            ostree_ref,
-            repo: opts.repo.display().to_string(),
-            timestamp,
-            version: recipe.image.version.to_string(),
-            reused,
-            gpg_signature,
-        },
-        formats: formats.iter().map(|f| f.to_string()).collect(),
-        outputs: Vec::new(),
-        stages: timings.0,
-        publish: publish_record,
-        notes,
-    };
-    let output_dir = out.finish(&mut manifest)?;
-    Ok(BuildOutcome {
-        manifest,
-        output_dir,
-    })
+                    .map(|f| f.display().to_string())
+                    .collect(),
+            },
+            inputs: manifest::Inputs {
+                base_kind: format!("{:?}", recipe.base.kind).to_lowercase(),
+                suite: recipe.base.suite.clone(),
+                mirrors: recipe.base.mirrors.iter().map(|m| m.to_string()).collect(),
+                components: recipe.base.components.clone(),
+                kubernetes_version: recipe.kubernetes.version.to_string(),
+                kernel_version,
+                rootfs_key,
+                customize_key,
+                commit_key,
+            },
+            artifacts: recipe
+                .artifacts
+                .iter()
+                .map(|a| manifest::ArtifactInfo {
+                    name: a.name.to_string(),
+                    url: a.url.to_string(),
+                    sha256: a.sha256.clone(),
+                    size: fetched
+                        .iter()
+                        .find(|f| f.name == a.name.as_str())
+                        .map(|f| f.size)
+                        .unwrap_or(0),
+                    dest: a.dest.to_string(),
+                })
+                .collect(),
+            packages,
+            commit: manifest::CommitRecord {
+                checksum: committed.checksum.clone(),
+                parent: committed.parent.clone(),
+                ostree_ref,
+                repo: opts.repo.display().to_string(),
+                timestamp,
+                version: recipe.image.version.to_string(),
+                reused,
+                gpg_signature,
+            },
+            formats: formats.iter().map(|f| f.to_string()).collect(),
+            outputs: Vec::new(),
+            stages: timings.0,
+            publish: publish_record,
+            notes,
+        };
+        let output_dir = out.finish(&mut manifest)?;
+        Ok(BuildOutcome {
+            manifest,
+            output_dir,
+        })
+    })();
+    if let Err(e) = &after_commit {
+        if !reused {
+            publish::withdraw(
+                &opts.repo,
+                &moved_ref,
+                &committed.checksum,
+                committed.parent.as_deref(),
+            )
+            .with_context(|| format!("after this failure: {e:#}"))?;
+            tracing::warn!(
+                ostree_ref = %moved_ref,
+                "the build failed after the commit: the ref was moved back"
+            );
+        }
+    }
+    after_commit
 }
 
 /// The stages after the commit: deploy + disk (one cached raw image) when any disk format

@@ -66,6 +66,41 @@ pub fn publish(req: &PublishRequest<'_>) -> Result<PublishRecord> {
     })
 }
 
+/// Undo a build's publication after a later stage failed: the ref goes back to `parent`
+/// (removed when the build made it), the static delta made for `checksum` is deleted, and
+/// the summary is regenerated — so clients that follow the repository never see a commit
+/// whose images failed to build. Only when the ref still points at `checksum` (another
+/// build may have moved it meanwhile). The commit's objects stay: unreferenced, they are
+/// what a retry of the same build commits again, and `ostree prune` removes them.
+pub fn withdraw(
+    repo_path: &Path,
+    ostree_ref: &str,
+    checksum: &str,
+    parent: Option<&str>,
+) -> Result<()> {
+    let _libostree = commit::libostree_lock();
+    let repo = commit::open_or_create_repo(repo_path)?;
+    if commit::ref_target(&repo, ostree_ref)?.as_deref() != Some(checksum) {
+        return Ok(());
+    }
+    repo.set_ref_immediate(None, ostree_ref, parent, gio::Cancellable::NONE)
+        .with_context(|| {
+            format!(
+                "moving {ostree_ref} in {} back to {}",
+                repo_path.display(),
+                parent.unwrap_or("(no commit)")
+            )
+        })?;
+    let delta = repo_path.join(delta_path(parent, checksum)?);
+    if delta.exists() {
+        std::fs::remove_dir_all(&delta)
+            .with_context(|| format!("removing the static delta {}", delta.display()))?;
+    }
+    repo.regenerate_summary(None, gio::Cancellable::NONE)
+        .with_context(|| format!("updating the summary of {}", repo_path.display()))?;
+    Ok(())
+}
+
 /// The public key's file name in the repository directory: served with it, so a node or a
 /// kickstart fetches it from `<repo URL>/<osname>.asc`. Not `.gpg`: libostree reads every
 /// `*.gpg` file in a repository directory as a binary keyring when it verifies there

@@ -165,6 +165,30 @@ fn disk_images_are_exported_registered_cached_and_reproducible() {
         Vec::<String>::new()
     );
     assert_eq!(dir_names(&fx.path().join("cache/disk")).len(), 2);
+
+    // A new commit (another sysctl value) whose images fail: the ref goes back to the previous
+    // commit and the summary, which clients follow, names that one again.
+    let published = fourth.manifest.commit.checksum.clone();
+    let recipe = fx.write_recipe(2, r#"kernel-args = ["console=ttyS0,115200"]"#);
+    append(&recipe, "\n[disk]\nsize = \"515MiB\"\n");
+    opts.recipe = recipe.clone();
+    let err = format!("{:#}", build(&opts).unwrap_err());
+    assert!(err.contains("planning the disk"), "{err}");
+    assert_eq!(ostree(&opts.repo, &["rev-parse", REF]), published);
+    let summary = ostree(&opts.repo, &["summary", "--view"]);
+    assert!(summary.contains(&published), "{summary}");
+    // Retried with room on the disk: committed on top of the published commit.
+    let recipe = fx.write_recipe(2, r#"kernel-args = ["console=ttyS0,115200"]"#);
+    opts.recipe = recipe;
+    let fifth = build(&opts).unwrap();
+    assert_eq!(
+        fifth.manifest.commit.parent.as_deref(),
+        Some(published.as_str())
+    );
+    assert_eq!(
+        ostree(&opts.repo, &["rev-parse", REF]),
+        fifth.manifest.commit.checksum
+    );
 }
 
 #[test]
