@@ -1,7 +1,8 @@
-//! End to end (run by `ci/e2e`, ignored by `cargo test`): the qcow2 image `nodeimg build`
-//! made from `tests/recipes/e2e.toml`, booted under qemu with SeaBIOS and with OVMF, each on
-//! a fresh overlay (so each boot is a first boot), with the NoCloud seed carrying
-//! `tests/recipes/e2e/user-data.toml`.
+//! End to end (run by `ci/e2e`, ignored by `cargo test`): the images `nodeimg build` made
+//! from `tests/recipes/e2e.toml`, booted under qemu — by default the qcow2 with SeaBIOS and
+//! with OVMF, the raw image with SeaBIOS and the VHD with OVMF, so every format and both
+//! firmwares boot the whole OS —, each on a fresh overlay (so each boot is a first boot), with
+//! the NoCloud seed carrying `tests/recipes/e2e/user-data.toml`.
 //!
 //! The image's report unit (`tests/recipes/e2e/report.sh`) prints `E2E-*` lines on the serial
 //! console after nodeboot has run, then powers off. Asserted: the booted deployment is the
@@ -12,7 +13,8 @@
 //! Inputs from the environment:
 //! - `NODEIMG_E2E_MANIFEST` (required): the build's `manifest.json`;
 //! - `NODEIMG_E2E_WORKDIR` (default `/var/tmp/nodeimg-e2e-work`): seed, serial logs;
-//! - `NODEIMG_E2E_FIRMWARE` (default `bios,uefi`).
+//! - `NODEIMG_E2E_BOOTS` (default `qcow2:bios,qcow2:uefi,raw:bios,vhd:uefi`): which image
+//!   boots under which firmware, in order.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,29 +31,33 @@ fn env_or(key: &str, default: &str) -> String {
 
 #[test]
 #[ignore = "boots real images for minutes; run by ci/e2e"]
-fn built_image_boots_bios_and_uefi_and_runs_nodeboot() {
+fn built_images_boot_bios_and_uefi_and_run_nodeboot() {
     let manifest_path =
         PathBuf::from(std::env::var("NODEIMG_E2E_MANIFEST").expect("NODEIMG_E2E_MANIFEST"));
     let manifest: Manifest =
         serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     let out_dir = manifest_path.parent().unwrap();
-    let qcow2 = manifest
-        .outputs
-        .iter()
-        .find(|o| o.format == "qcow2")
-        .expect("the build must have produced a qcow2 image");
-    let image = out_dir.join(&qcow2.name);
     let commit = manifest.commit.checksum.clone();
     let work = PathBuf::from(env_or("NODEIMG_E2E_WORKDIR", "/var/tmp/nodeimg-e2e-work"));
     std::fs::create_dir_all(&work).unwrap();
-    let firmwares: Vec<Firmware> = env_or("NODEIMG_E2E_FIRMWARE", "bios,uefi")
-        .split(',')
-        .map(|f| match f.trim() {
+    let boots: Vec<(String, Firmware)> = env_or(
+        "NODEIMG_E2E_BOOTS",
+        "qcow2:bios,qcow2:uefi,raw:bios,vhd:uefi",
+    )
+    .split(',')
+    .map(|b| {
+        let (format, firmware) = b
+            .trim()
+            .split_once(':')
+            .unwrap_or_else(|| panic!("NODEIMG_E2E_BOOTS: `{b}` is not FORMAT:FIRMWARE"));
+        let firmware = match firmware {
             "bios" => Firmware::Bios,
             "uefi" => Firmware::Uefi,
-            other => panic!("NODEIMG_E2E_FIRMWARE: unknown firmware {other}"),
-        })
-        .collect();
+            other => panic!("NODEIMG_E2E_BOOTS: unknown firmware {other}"),
+        };
+        (format.to_owned(), firmware)
+    })
+    .collect();
 
     // Probe KVM with the image's own kernel (the only proof that counts, see boot::kvm).
     let kernel = work.join("probe-vmlinuz");
@@ -78,19 +84,25 @@ fn built_image_boots_bios_and_uefi_and_runs_nodeboot() {
 
     let marker = Regex::new(r"E2E-MARKER: reached multi-user\.target").unwrap();
     let done = Regex::new(r"E2E-DONE$").unwrap();
-    for firmware in firmwares {
+    for (format, firmware) in boots {
+        let output = manifest
+            .outputs
+            .iter()
+            .find(|o| o.format == format)
+            .unwrap_or_else(|| panic!("the build produced no {format} image"));
+        let image = out_dir.join(&output.name);
         let mut cfg = VmConfig::new(&image);
         cfg.firmware = firmware;
         cfg.accel = accel;
         cfg.seed_iso = Some(seed_iso.clone());
-        cfg.serial_log = Some(work.join(format!("serial-{firmware}.log")));
+        cfg.serial_log = Some(work.join(format!("serial-{format}-{firmware}.log")));
         let (mut vm, report) =
             boot::boot_to_marker(&cfg, &marker, Duration::from_secs(900)).unwrap();
         vm.wait_for(&done, Duration::from_secs(180)).unwrap();
         let text = vm.serial_text().unwrap();
         let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
         eprintln!(
-            "BOOT-TIME firmware={firmware} accel={} to_marker={:.1}s poweroff_at={:.1}s ({status}) guest: {}",
+            "BOOT-TIME image={format} firmware={firmware} accel={} to_marker={:.1}s poweroff_at={:.1}s ({status}) guest: {}",
             report.accel,
             report.to_marker.as_secs_f64(),
             vm.elapsed().as_secs_f64(),
