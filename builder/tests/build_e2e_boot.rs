@@ -1,7 +1,7 @@
 //! End to end (run by `ci/e2e`, ignored by `cargo test`): the images `nodeimg build` made
 //! from `tests/recipes/e2e.toml`, booted under qemu — by default the qcow2 with SeaBIOS and
-//! with OVMF, the raw image with SeaBIOS and the VHD with OVMF, so every format and both
-//! firmwares boot the whole OS —, each on a fresh overlay (so each boot is a first boot), with
+//! with OVMF, the raw image with SeaBIOS, the fixed VHD with OVMF and the dynamic VHD with
+//! SeaBIOS, so every format and both firmwares boot the whole OS —, each on a fresh overlay (so each boot is a first boot), with
 //! the NoCloud seed carrying `tests/recipes/e2e/user-data.toml`.
 //!
 //! The image's report unit (`tests/recipes/e2e/report.sh`) prints `E2E-*` lines on the serial
@@ -13,8 +13,8 @@
 //! Inputs from the environment:
 //! - `NODEIMG_E2E_MANIFEST` (required): the build's `manifest.json`;
 //! - `NODEIMG_E2E_WORKDIR` (default `/var/tmp/nodeimg-e2e-work`): seed, serial logs;
-//! - `NODEIMG_E2E_BOOTS` (default `qcow2:bios,qcow2:uefi,raw:bios,vhd:uefi`): which image
-//!   boots under which firmware, in order.
+//! - `NODEIMG_E2E_BOOTS` (default `qcow2:bios,qcow2:uefi,raw:bios,vhd:uefi,vhd-dynamic:bios`):
+//!   which image boots under which firmware, in order.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,7 +42,7 @@ fn built_images_boot_bios_and_uefi_and_run_nodeboot() {
     std::fs::create_dir_all(&work).unwrap();
     let boots: Vec<(String, Firmware)> = env_or(
         "NODEIMG_E2E_BOOTS",
-        "qcow2:bios,qcow2:uefi,raw:bios,vhd:uefi",
+        "qcow2:bios,qcow2:uefi,raw:bios,vhd:uefi,vhd-dynamic:bios",
     )
     .split(',')
     .map(|b| {

@@ -160,6 +160,48 @@ fn vhd_has_raw_size_and_content() {
 }
 
 #[test]
+fn dynamic_vhd_holds_only_data_blocks_and_reads_as_the_raw() {
+    let d = tempfile::tempdir().unwrap();
+    let raw = synthetic_raw(d.path());
+    let out = d.path().join("disk.dynamic.vhd");
+    let rep = export(Format::VhdDynamic, &raw, &out, Compression::None);
+    let rounded = 601 * MIB;
+    assert_eq!(rep.virtual_size, rounded);
+    let (ok, info) = qemu_img(&["info", "-f", "vpc", "--output=json"], &[&out]);
+    assert!(ok, "{info}");
+    assert!(
+        info.contains(&format!("\"virtual-size\": {rounded}")),
+        "{info}"
+    );
+    // (`qemu-img check` does not support vpc: `compare` reads every block through qemu's
+    // BAT and bitmap handling instead.)
+    let (ok, cmp) = qemu_img(&["compare", "-f", "raw", "-F", "vpc"], &[&raw, &out]);
+    assert!(ok && cmp.contains("Images are identical"), "{cmp}");
+    // Blocks with data in the synthetic image (2 MiB each): text at 1-5 MiB (blocks 0-2),
+    // noise at 10-13 MiB (5-6), the bytes straddling 30 MiB (14-15), text at 550 MiB (275),
+    // the last sector (300); the allocated zeros at 20 MiB take no block.
+    let blocks = 3 + 2 + 2 + 1 + 1;
+    let header = 512 + 1024 + (301u64 * 4).div_ceil(512) * 512;
+    assert_eq!(rep.size, header + blocks * (512 + 2 * MIB) + 512);
+    assert_eq!(fs::metadata(&out).unwrap().len(), rep.size);
+    let bytes = fs::read(&out).unwrap();
+    assert_eq!(rep.sha256, Sha256Hex::of_bytes(&bytes));
+    // Footer copy at the start equals the footer at the end; type 3 (dynamic).
+    assert_eq!(&bytes[..512], &bytes[bytes.len() - 512..]);
+    assert_eq!(&bytes[0..8], b"conectix");
+    assert_eq!(u32::from_be_bytes(bytes[60..64].try_into().unwrap()), 3);
+    assert_eq!(&bytes[512..520], b"cxsparse");
+    // Fixed and dynamic exports of one disk carry the same unique id.
+    let fixed = d.path().join("disk.vhd");
+    export(Format::Vhd, &raw, &fixed, Compression::None);
+    let fixed_bytes = fs::read(&fixed).unwrap();
+    assert_eq!(
+        &bytes[68..84],
+        &fixed_bytes[fixed_bytes.len() - 512 + 68..fixed_bytes.len() - 512 + 84]
+    );
+}
+
+#[test]
 fn raw_copy_is_sparse_and_identical() {
     let d = tempfile::tempdir().unwrap();
     let raw = synthetic_raw(d.path());
@@ -184,6 +226,7 @@ fn every_format_is_reproducible() {
         (Format::Qcow2, Compression::Zlib),
         (Format::Qcow2, Compression::Zstd),
         (Format::Vhd, Compression::None),
+        (Format::VhdDynamic, Compression::None),
     ] {
         let a = export(format, &raw, &d.path().join("a.out"), c);
         std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -208,6 +251,7 @@ fn uncompressed_export_bytes_are_pinned() {
         ("raw", Format::Raw),
         ("qcow2", Format::Qcow2),
         ("vhd", Format::Vhd),
+        ("vhd-dynamic", Format::VhdDynamic),
     ] {
         let out = d.path().join(format!("pinned.{name}"));
         let rep = export(format, &raw, &out, Compression::None);

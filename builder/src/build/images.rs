@@ -69,6 +69,7 @@ pub fn image_file_name(recipe: &Recipe, format: Format) -> String {
         Format::Raw => "raw",
         Format::Qcow2 => "qcow2",
         Format::Vhd => "vhd",
+        Format::VhdDynamic => "dynamic.vhd",
         Format::Pxe => "pxe",
     };
     format!("{}-{}.{ext}", recipe.image.name, recipe.image.version)

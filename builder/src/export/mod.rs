@@ -1,10 +1,12 @@
-//! Stage `export`: the raw disk image into the formats platforms take (raw, qcow2, vhd).
+//! Stage `export`: the raw disk image into the formats platforms take (raw, qcow2, fixed and
+//! dynamic vhd).
 //!
 //! Every writer reads the raw image sequentially (skipping holes with `SEEK_DATA`/`SEEK_HOLE`),
 //! writes through [`AtomicFile`] (nothing left at `out` after a failure) and is deterministic:
 //! no timestamps from the clock, identifiers derived from content. No `qemu-img` involved.
-//! Raw, VHD and uncompressed qcow2 are written front to back and hashed on a second thread
-//! while being written (`stream`); only compressed qcow2 is read back for its hash.
+//! Raw, fixed VHD and uncompressed qcow2 are written front to back and hashed on a second
+//! thread while being written (`stream`); compressed qcow2 and dynamic VHD (whose first bytes
+//! depend on the content digest) are read back for their hash.
 
 pub mod qcow2;
 pub mod raw;
@@ -81,6 +83,12 @@ pub fn write(format: Format, raw: &Path, out: &Path, opts: &ExportOptions) -> Re
         Format::Raw => raw::write(raw, out, &step),
         Format::Qcow2 => qcow2::write(raw, out, opts.compression, &step),
         Format::Vhd => vhd::write_fixed(
+            raw,
+            out,
+            opts.timestamp.unwrap_or(crate::disk::DEFAULT_EPOCH),
+            &step,
+        ),
+        Format::VhdDynamic => vhd::write_dynamic(
             raw,
             out,
             opts.timestamp.unwrap_or(crate::disk::DEFAULT_EPOCH),

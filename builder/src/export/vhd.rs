@@ -1,6 +1,10 @@
-//! VHD export, fixed subformat (what Azure takes): the raw disk, its size rounded up to 1 MiB,
-//! followed by a 512-byte big-endian footer (Microsoft "Virtual Hard Disk Image Format
-//! Specification", footer and CHS appendix).
+//! VHD export (Microsoft "Virtual Hard Disk Image Format Specification"), two subformats:
+//! - fixed (what Azure takes): the raw disk, its size rounded up to 1 MiB, followed by a
+//!   512-byte big-endian footer;
+//! - dynamic (Hyper-V, and smaller to ship): a footer copy, the dynamic disk header, the block
+//!   allocation table (BAT), then only the 2 MiB blocks that hold data, each behind its sector
+//!   bitmap, and the footer. Written front to back; the BAT is known before any block because
+//!   the allocated blocks are found first with a cheap scan ([`sparse::nonzero_clusters`]).
 //!
 //! The creator application is `win `: qemu (and Hyper-V) then take the disk size from the
 //! footer's current-size field instead of the CHS geometry, which cannot express most sizes
@@ -16,7 +20,8 @@ use nodeimg_common::fsutil::AtomicFile;
 use sha2::Digest;
 
 use super::raw;
-use super::stream::HashPipe;
+use super::sparse;
+use super::stream::{HashPipe, Writeback};
 use super::{input_len, ExportReport, Meter};
 use crate::progress::Step;
 use crate::recipe::schema::Format;
@@ -164,9 +169,150 @@ pub fn write_fixed(raw: &Path, out: &Path, timestamp: i64, step: &Step) -> Resul
     })
 }
 
+/// Block size of dynamic VHDs: the specification's default, what Hyper-V and qemu write.
+pub const DYNAMIC_BLOCK: u64 = 2 * MIB;
+/// The largest dynamic VHD the specification allows (2040 GiB).
+pub const DYNAMIC_MAX: u64 = 2040 << 30;
+const DYNAMIC_HEADER_OFFSET: u64 = FOOTER_LEN as u64;
+pub const DYNAMIC_HEADER_LEN: usize = 1024;
+const BAT_OFFSET: u64 = DYNAMIC_HEADER_OFFSET + DYNAMIC_HEADER_LEN as u64;
+/// One bit per 512-byte sector of a block (2 MiB → 512 bytes), a whole sector.
+const BITMAP_LEN: usize = (DYNAMIC_BLOCK / 512 / 8) as usize;
+
+/// The dynamic disk header (`cxsparse`) for a BAT of `entries` blocks at [`BAT_OFFSET`].
+pub fn dynamic_header(entries: u32) -> [u8; DYNAMIC_HEADER_LEN] {
+    let mut h = [0u8; DYNAMIC_HEADER_LEN];
+    h[0..8].copy_from_slice(b"cxsparse");
+    h[8..16].copy_from_slice(&u64::MAX.to_be_bytes()); // data offset: unused
+    h[16..24].copy_from_slice(&BAT_OFFSET.to_be_bytes());
+    h[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    h[28..32].copy_from_slice(&entries.to_be_bytes());
+    h[32..36].copy_from_slice(&(DYNAMIC_BLOCK as u32).to_be_bytes());
+    // Parent id, time stamp, name and locators: zero (no parent, not a differencing disk).
+    let sum = checksum(&h);
+    h[36..40].copy_from_slice(&sum.to_be_bytes());
+    h
+}
+
+/// Write a dynamic VHD of `raw` to `out`. Virtual size: the raw size rounded up to 1 MiB, as
+/// for fixed VHDs, so both subformats describe the same disk (and get the same unique id).
+pub fn write_dynamic(raw: &Path, out: &Path, timestamp: i64, step: &Step) -> Result<ExportReport> {
+    let (src, len) = input_len(raw)?;
+    let size = len.div_ceil(MIB) * MIB;
+    if size > DYNAMIC_MAX {
+        bail!(
+            "a dynamic VHD holds at most 2040 GiB; {} is {len} bytes",
+            raw.display()
+        );
+    }
+    let blocks = size.div_ceil(DYNAMIC_BLOCK);
+    let allocated = sparse::nonzero_clusters(&src, len, DYNAMIC_BLOCK)
+        .with_context(|| format!("scanning {} for data", raw.display()))?;
+    let bat_len = (blocks * 4).div_ceil(512) * 512;
+    let data_start = BAT_OFFSET + bat_len;
+    let stride = BITMAP_LEN as u64 + DYNAMIC_BLOCK;
+    // 0xFFFFFFFF marks an unallocated block; the padding to a whole sector is 0xFF too.
+    let mut bat = vec![0xFFu8; bat_len as usize];
+    let mut next = data_start;
+    for run in &allocated {
+        for b in run.first..run.first + run.count {
+            let sector = u32::try_from(next / 512).context("a BAT entry would overflow")?;
+            bat[(b * 4) as usize..(b * 4 + 4) as usize].copy_from_slice(&sector.to_be_bytes());
+            next += stride;
+        }
+    }
+    let end = next;
+
+    let mut dst = AtomicFile::create(out)?;
+    let file = dst
+        .file()
+        .try_clone()
+        .context("duplicating the output handle")?;
+    let mut writeback = Writeback::new(&file)?;
+    let header = dynamic_header(u32::try_from(blocks).context("too many blocks")?);
+    file.write_all_at(&header, DYNAMIC_HEADER_OFFSET)
+        .and_then(|()| file.write_all_at(&bat, BAT_OFFSET))
+        .with_context(|| format!("writing the VHD header to {}", dst.temp_path().display()))?;
+
+    // The virtual disk's content digest (the raw image padded with zeros to `size`, as the
+    // fixed VHD hashes it) gives the unique id, computed alongside the copy.
+    let mut content = HashPipe::new()?;
+    let mut meter = Meter::new(step, len);
+    let bitmap = [0xFFu8; BITMAP_LEN];
+    let mut at = data_start;
+    let mut virtual_pos = 0u64;
+    for run in &allocated {
+        for b in run.first..run.first + run.count {
+            let start = b * DYNAMIC_BLOCK;
+            content.zeros(start - virtual_pos)?;
+            let mut buf = content.buffer()?;
+            let in_raw = DYNAMIC_BLOCK.min(len - start) as usize;
+            buf[..DYNAMIC_BLOCK as usize].fill(0);
+            src.read_exact_at(&mut buf[..in_raw], start)
+                .with_context(|| format!("reading {} at offset {start}", raw.display()))?;
+            file.write_all_at(&bitmap, at)
+                .and_then(|()| {
+                    file.write_all_at(&buf[..DYNAMIC_BLOCK as usize], at + BITMAP_LEN as u64)
+                })
+                .with_context(|| format!("writing {}", dst.temp_path().display()))?;
+            at += stride;
+            writeback.written_to(at);
+            let in_disk = DYNAMIC_BLOCK.min(size - start);
+            content.bytes(buf, in_disk as usize)?;
+            virtual_pos = start + in_disk;
+            meter.at(start + in_raw as u64);
+        }
+    }
+    content.zeros(size - virtual_pos)?;
+    let digest = content.finish()?.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    let foot = footer(
+        size,
+        DiskType::Dynamic,
+        DYNAMIC_HEADER_OFFSET,
+        vhd_timestamp(timestamp),
+        id,
+    );
+    file.write_all_at(&foot, 0)
+        .and_then(|()| file.write_all_at(&foot, end))
+        .with_context(|| format!("writing the VHD footer to {}", dst.temp_path().display()))?;
+    drop(writeback);
+    // Read back for the file digest: the footer copy at the start depends on the content
+    // digest, which is known only at the end.
+    let sha256 = Sha256Hex::of_file(dst.temp_path())?;
+    dst.commit()?;
+    Ok(ExportReport {
+        path: out.to_owned(),
+        format: Format::VhdDynamic,
+        sha256,
+        size: end + FOOTER_LEN as u64,
+        virtual_size: size,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dynamic_header_fields_and_checksum() {
+        let h = dynamic_header(1300);
+        assert_eq!(&h[0..8], b"cxsparse");
+        assert_eq!(u64::from_be_bytes(h[8..16].try_into().unwrap()), u64::MAX);
+        assert_eq!(u64::from_be_bytes(h[16..24].try_into().unwrap()), 1536);
+        assert_eq!(
+            u32::from_be_bytes(h[24..28].try_into().unwrap()),
+            0x0001_0000
+        );
+        assert_eq!(u32::from_be_bytes(h[28..32].try_into().unwrap()), 1300);
+        assert_eq!(u32::from_be_bytes(h[32..36].try_into().unwrap()), 2 << 20);
+        let stored = u32::from_be_bytes(h[36..40].try_into().unwrap());
+        let mut zeroed = h;
+        zeroed[36..40].fill(0);
+        assert_eq!(checksum(&zeroed), stored);
+        assert!(h[40..].iter().all(|b| *b == 0));
+    }
 
     #[test]
     fn chs_matches_the_specification_algorithm() {

@@ -111,7 +111,10 @@ impl fmt::Display for Arch {
 pub enum Format {
     Raw,
     Qcow2,
+    /// Fixed VHD (Azure).
     Vhd,
+    /// Dynamic VHD (Hyper-V): only the blocks that hold data.
+    VhdDynamic,
     Pxe,
 }
 
@@ -122,9 +125,10 @@ impl FromStr for Format {
             "raw" => Ok(Format::Raw),
             "qcow2" => Ok(Format::Qcow2),
             "vhd" => Ok(Format::Vhd),
+            "vhd-dynamic" => Ok(Format::VhdDynamic),
             "pxe" => Ok(Format::Pxe),
             other => Err(format!(
-                "unknown format `{other}` (expected one of: raw, qcow2, vhd, pxe)"
+                "unknown format `{other}` (expected one of: raw, qcow2, vhd, vhd-dynamic, pxe)"
             )),
         }
     }
@@ -136,6 +140,7 @@ impl fmt::Display for Format {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
             Format::Vhd => "vhd",
+            Format::VhdDynamic => "vhd-dynamic",
             Format::Pxe => "pxe",
         })
     }
