@@ -131,6 +131,19 @@ fn qcow2_is_clean_and_identical_to_raw_in_every_compression() {
     );
 }
 
+/// qemu reads `vhd` as a disk of `size` bytes with the content of `raw`. (`qemu-img check`
+/// does not support vpc: `compare` reads every block through qemu's BAT and bitmap handling.)
+fn assert_vpc_reads_as_raw(vhd: &Path, raw: &Path, size: u64) {
+    let (ok, info) = qemu_img(&["info", "-f", "vpc", "--output=json"], &[vhd]);
+    assert!(ok, "{info}");
+    assert!(
+        info.contains(&format!("\"virtual-size\": {size}")),
+        "{info}"
+    );
+    let (ok, cmp) = qemu_img(&["compare", "-f", "raw", "-F", "vpc"], &[raw, vhd]);
+    assert!(ok && cmp.contains("Images are identical"), "{cmp}");
+}
+
 #[test]
 fn vhd_has_raw_size_and_content() {
     let d = tempfile::tempdir().unwrap();
@@ -140,14 +153,7 @@ fn vhd_has_raw_size_and_content() {
     let rounded = 601 * MIB; // Azure rule: virtual size rounded up to 1 MiB
     assert_eq!(rep.virtual_size, rounded);
     assert_eq!(fs::metadata(&out).unwrap().len(), rounded + 512);
-    let (ok, info) = qemu_img(&["info", "-f", "vpc", "--output=json"], &[&out]);
-    assert!(ok, "{info}");
-    assert!(
-        info.contains(&format!("\"virtual-size\": {rounded}")),
-        "{info}"
-    );
-    let (ok, cmp) = qemu_img(&["compare", "-f", "raw", "-F", "vpc"], &[&raw, &out]);
-    assert!(ok && cmp.contains("Images are identical"), "{cmp}");
+    assert_vpc_reads_as_raw(&out, &raw, rounded);
     assert!(
         fs::metadata(&out).unwrap().blocks() * 512 < 64 * MIB,
         "fixed VHD keeps holes sparse on the host"
@@ -167,16 +173,7 @@ fn dynamic_vhd_holds_only_data_blocks_and_reads_as_the_raw() {
     let rep = export(Format::VhdDynamic, &raw, &out, Compression::None);
     let rounded = 601 * MIB;
     assert_eq!(rep.virtual_size, rounded);
-    let (ok, info) = qemu_img(&["info", "-f", "vpc", "--output=json"], &[&out]);
-    assert!(ok, "{info}");
-    assert!(
-        info.contains(&format!("\"virtual-size\": {rounded}")),
-        "{info}"
-    );
-    // (`qemu-img check` does not support vpc: `compare` reads every block through qemu's
-    // BAT and bitmap handling instead.)
-    let (ok, cmp) = qemu_img(&["compare", "-f", "raw", "-F", "vpc"], &[&raw, &out]);
-    assert!(ok && cmp.contains("Images are identical"), "{cmp}");
+    assert_vpc_reads_as_raw(&out, &raw, rounded);
     // Blocks with data in the synthetic image (2 MiB each): text at 1-5 MiB (blocks 0-2),
     // noise at 10-13 MiB (5-6), the bytes straddling 30 MiB (14-15), text at 550 MiB (275),
     // the last sector (300); the allocated zeros at 20 MiB take no block.
