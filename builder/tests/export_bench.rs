@@ -1,10 +1,10 @@
 //! The measuring half of `ci/bench-export` (not a correctness test: it is ignored by
 //! `cargo test` and run by that script in release mode). Exports the raw image named by
 //! `NODEIMG_BENCH_RAW` into `NODEIMG_BENCH_OUT` with each writer (or those named,
-//! comma-separated, in `NODEIMG_BENCH_FORMATS`: raw, qcow2, qcow2-zlib, qcow2-zstd, vhd-fixed)
-//! and prints one tab-separated `BENCH` line per run: tool, format, wall seconds, CPU seconds
-//! (user + system, all threads), output bytes, sha256 (so runs and code changes can be
-//! checked for identical output). Only the export is timed, not removing its output after.
+//! comma-separated, in `NODEIMG_BENCH_FORMATS`: raw, qcow2, qcow2-zlib, qcow2-zstd, vhd-fixed,
+//! vhd-dynamic) and prints one tab-separated `BENCH` line per run: tool, format, wall
+//! seconds, CPU seconds (user + system, all threads), output bytes, sha256 (so runs and code
+//! changes can be checked for identical output). Only the export is timed, not removing its output after.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -41,6 +41,7 @@ fn bench_export() {
         ("qcow2-zlib", Format::Qcow2, Compression::Zlib),
         ("qcow2-zstd", Format::Qcow2, Compression::Zstd),
         ("vhd-fixed", Format::Vhd, Compression::None),
+        ("vhd-dynamic", Format::VhdDynamic, Compression::None),
     ] {
         if !wanted(label) {
             continue;
