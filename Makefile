@@ -5,7 +5,7 @@ CARGO ?= cargo
 RECIPE ?= recipes/k8s-node.toml
 NODEIMG_FLAGS ?=
 
-.PHONY: image test e2e bench setup-build setup-test clean-images
+.PHONY: image test e2e e2e-pxe bench setup-build setup-test clean-images
 
 ## Build the default image: OSTree commit + disk images under images/.
 image: setup-build
@@ -19,6 +19,10 @@ test: setup-test
 ## Boot tests in qemu (slow: builds a real image, boots it under TCG).
 e2e:
 	ci/e2e
+
+## PXE network install in qemu: iPXE -> installer -> disk boot (ci/e2e-pxe; slow, like e2e).
+e2e-pxe:
+	ci/e2e-pxe
 
 ## Benchmarks: print build, export and boot figures.
 bench:

@@ -14,8 +14,8 @@ use anyhow::Result;
 use regex::Regex;
 
 pub use qemu::{
-    Accel, AccelChoice, DirectKernel, DiskFormat, ExtraDisk, Firmware, Machine, MarkerHit, UserNet,
-    Vm, VmConfig,
+    Accel, AccelChoice, DirectKernel, DiskFormat, ExtraDisk, Firmware, Machine, MarkerHit, NetBoot,
+    UserNet, Vm, VmConfig,
 };
 
 /// What a boot to a marker measured.

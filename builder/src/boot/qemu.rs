@@ -143,6 +143,16 @@ pub struct UserNet {
     pub guestfwd: Vec<(String, u16, u16)>,
 }
 
+/// Network boot from qemu's user-mode networking: its DHCP server names `bootfile` and its
+/// TFTP server serves `tftp_root` (read-only). The NIC's option ROM (iPXE, Debian package
+/// `ipxe-qemu`, a dependency of `qemu-system-x86`) does the booting.
+#[derive(Debug, Clone)]
+pub struct NetBoot {
+    pub tftp_root: PathBuf,
+    /// Path under `tftp_root`, e.g. an iPXE script.
+    pub bootfile: String,
+}
+
 /// Everything about one VM run.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -163,6 +173,8 @@ pub struct VmConfig {
     /// A persistent overlay (created over `disk` if missing), for tests that boot the same
     /// disk state several times; default: a fresh overlay per run.
     pub overlay: Option<PathBuf>,
+    /// Boot from the network before the disk (needs `network`): the NIC gets `bootindex=1`.
+    pub net_boot: Option<NetBoot>,
 }
 
 impl VmConfig {
@@ -181,6 +193,7 @@ impl VmConfig {
             direct_kernel: None,
             serial_log: None,
             overlay: None,
+            net_boot: None,
         }
     }
 }
@@ -318,11 +331,10 @@ impl Vm {
                 ),
             ]);
         }
+        if cfg.net_boot.is_some() && cfg.network.is_none() {
+            bail!("network boot needs user-mode networking (VmConfig::network)");
+        }
         if let Some(net) = &cfg.network {
-            let mut netdev = String::from("user,id=net0,restrict=on");
-            for (host, guest) in &net.hostfwd {
-                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-            }
             if !net.guestfwd.is_empty() {
                 // qemu runs the forwarder through the shell only when a guest connects, where
                 // a missing tool would just drop the connection: check it up front.
@@ -331,16 +343,15 @@ impl Vm {
                     .run()
                     .context("guest forwards need socat")?;
             }
-            for (addr, gport, hport) in &net.guestfwd {
-                netdev.push_str(&format!(
-                    ",guestfwd=tcp:{addr}:{gport}-cmd:socat - TCP:127.0.0.1:{hport}"
-                ));
+            let mut nic = String::from("virtio-net-pci,netdev=net0");
+            if cfg.net_boot.is_some() {
+                nic.push_str(",bootindex=1");
             }
             args.extend([
                 "-netdev".into(),
-                netdev,
+                netdev_arg(net, cfg.net_boot.as_ref()),
                 "-device".into(),
-                "virtio-net-pci,netdev=net0".into(),
+                nic,
             ]);
         }
         if let Some(dk) = &cfg.direct_kernel {
@@ -511,6 +522,28 @@ impl Drop for Vm {
     }
 }
 
+/// The `-netdev user,...` value: isolated, the forwards, and the TFTP/DHCP boot file.
+fn netdev_arg(net: &UserNet, boot: Option<&NetBoot>) -> String {
+    let mut netdev = String::from("user,id=net0,restrict=on");
+    for (host, guest) in &net.hostfwd {
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
+    for (addr, gport, hport) in &net.guestfwd {
+        netdev.push_str(&format!(
+            ",guestfwd=tcp:{addr}:{gport}-cmd:socat - TCP:127.0.0.1:{hport}"
+        ));
+    }
+    // slirp answers DHCP and TFTP itself, before `restrict=on` drops anything else.
+    if let Some(b) = boot {
+        netdev.push_str(&format!(
+            ",tftp={},bootfile={}",
+            qemu_path(&b.tftp_root),
+            b.bootfile.replace(',', ",,")
+        ));
+    }
+    netdev
+}
+
 /// `qemu-img create -f qcow2 -b BASE -F FMT OVERLAY`.
 fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
     let fmt = DiskFormat::detect(base)?;
@@ -547,6 +580,27 @@ mod tests {
         let v = d.path().join("a.vhd");
         fs::write(&v, vhd).unwrap();
         assert_eq!(DiskFormat::detect(&v).unwrap(), DiskFormat::Vpc);
+    }
+
+    #[test]
+    fn netdev_has_forwards_and_the_boot_file() {
+        let net = UserNet {
+            hostfwd: vec![(2222, 22)],
+            guestfwd: vec![("10.0.2.100".into(), 8080, 41000)],
+        };
+        assert_eq!(
+            netdev_arg(&net, None),
+            "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,\
+             guestfwd=tcp:10.0.2.100:8080-cmd:socat - TCP:127.0.0.1:41000"
+        );
+        let boot = NetBoot {
+            tftp_root: PathBuf::from("/srv/a,b/pxe"),
+            bootfile: "boot.ipxe".into(),
+        };
+        assert_eq!(
+            netdev_arg(&UserNet::default(), Some(&boot)),
+            "user,id=net0,restrict=on,tftp=/srv/a,,b/pxe,bootfile=boot.ipxe"
+        );
     }
 
     #[test]
