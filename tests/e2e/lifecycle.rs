@@ -4,8 +4,12 @@
 //!
 //! 1. v1 first boot, then `nodeboot upgrade --version 2.0.0 --remote URL --reboot`, the
 //!    repository served by this test on 127.0.0.1 and reached through a qemu `guestfwd`;
-//! 2. v2 boots, the health gate confirms it; `nodeboot upgrade --version 3.0.0 --reboot`;
-//! 3. v3's kubelet fails /healthz: the gate fails, rolls back and reboots by itself;
+//! 2. v2 boots, the health gate confirms it, every check passing: units, kubelet /healthz and
+//!    the Node `Ready` as the API server reports it to the kubelet's own credentials (the
+//!    kubeadm double's kubelet.conf; the API server stand-in the kubelet double runs from
+//!    kubeadm's static pod manifest); `nodeboot upgrade --version 3.0.0 --reboot`;
+//! 3. v3's kubelet fails /healthz (and posts NotReady): the gate fails on /healthz, the first
+//!    failing check, rolls back and reboots by itself;
 //! 4. v2 again, the restored deployment is verified, v3 is recorded as failed and refused
 //!    when asked for again; `nodeboot upgrade --reboot` follows the ref to v4;
 //! 5. v4's initramfs is garbage: the kernel panics (panic=10 reboots it) until GRUB's boot
@@ -17,14 +21,16 @@
 //!
 //! Inputs from the environment:
 //! - `NODEIMG_E2E_IMAGES` (required): the `--output` directory of the four builds;
-//! - `NODEIMG_E2E_WORKDIR` (default `/var/tmp/nodeimg-e2e-lifecycle`): overlay, seeds, logs.
+//! - `NODEIMG_E2E_WORKDIR` (default `/var/tmp/nodeimg-e2e-lifecycle`): overlay, seeds, logs
+//!   (under `node/`, or `node-uefi/` with OVMF);
+//! - `NODEIMG_E2E_FIRMWARE` (`bios`, the default, or `uefi`): SeaBIOS or OVMF.
 
 mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nodeimg_builder::boot::UserNet;
+use nodeimg_builder::boot::{Firmware, UserNet};
 use support::*;
 
 const BOOT: Duration = Duration::from_secs(900);
@@ -41,6 +47,8 @@ fn hook_upgrade_to_v2() -> String {
 
 const HOOK_CONFIRMED_THEN_V3: &str = "e2e_where\ne2e_status\n\
 echo \"E2E-SYSCTL: vm.max_map_count=$(cat /proc/sys/vm/max_map_count)\"\n\
+echo \"E2E-KUBELET-CONF-SERVER: $(sed -n 's/^ *server: //p' /etc/kubernetes/kubelet.conf)\"\n\
+echo \"E2E-KUBELET-POSTED: $(journalctl -b -u kubelet -o cat | grep -m1 'kubelet-double: posted')\"\n\
 echo E2E-UPGRADE-BEGIN\n\
 e2e_run upgrade nodeboot upgrade --version 3.0.0 --reboot || systemctl --no-block poweroff\n";
 
@@ -100,6 +108,46 @@ fn deployment_roles(status: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The health gate's per-check lines on the console (`ok    node-ready       Ready (...)`), as
+/// (mark, check, text), from the gate's last attempt of this boot.
+fn gate_checks(b: &BootLog) -> Vec<(String, String, String)> {
+    b.text
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("nodeboot-health[")?..];
+            let rest = rest[rest.find("]: ")? + 3..].trim_end();
+            let (mark, rest) = rest.split_once(' ')?;
+            if !["ok", "FAIL", "skip"].contains(&mark) {
+                return None;
+            }
+            let rest = rest.trim_start();
+            let (check, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            Some((mark.to_owned(), check.to_owned(), text.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The gate passed every check, Node-Ready included (not skipped).
+fn assert_gate_passed_with_node_ready(b: &BootLog) {
+    let checks = gate_checks(b);
+    let marks: Vec<(&str, &str)> = checks
+        .iter()
+        .map(|(m, c, _)| (m.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        marks,
+        [
+            ("ok", "units"),
+            ("ok", "kubelet-healthz"),
+            ("ok", "node-ready")
+        ],
+        "boot {}: {checks:?}\n{}",
+        b.name,
+        b.tail(60)
+    );
+    assert_eq!(checks[2].2, "Ready (KubeletReady)", "boot {}", b.name);
+}
+
 fn failures(status: &serde_json::Value) -> Vec<serde_json::Value> {
     status["os"]["state"]["failures"]
         .as_array()
@@ -133,7 +181,13 @@ fn upgrade_health_gate_rollback_and_boot_counting_on_one_node() {
     };
     let user_data =
         std::fs::read_to_string(repo_root().join("tests/recipes/e2e/user-data.toml")).unwrap();
-    let mut node = Node::new(&s.v1.qcow2().unwrap(), &work.join("node"), &user_data, net).unwrap();
+    // Under OVMF the node gets a directory of its own, so a BIOS run's logs stay.
+    let dir = match firmware() {
+        Firmware::Bios => work.join("node"),
+        Firmware::Uefi => work.join("node-uefi"),
+    };
+    let mut node = Node::new(&s.v1.qcow2().unwrap(), &dir, &user_data, net).unwrap();
+    eprintln!("E2E-TIMING firmware={}", node.firmware);
 
     // --- 1. v1, first boot, upgrade to v2 over HTTP ---
     let b1 = node
@@ -196,10 +250,18 @@ fn upgrade_health_gate_rollback_and_boot_counting_on_one_node() {
         st["os"]["boot-counter"].is_null(),
         "the gate disarmed the counter: {st}"
     );
-    assert!(
-        b2.text.contains("kubelet-healthz"),
-        "the gate's checks are on the console"
+    // The Node-Ready check ran against the API server with kubelet.conf's credentials.
+    assert_gate_passed_with_node_ready(&b2);
+    assert_eq!(b2.one("E2E-KUBELET-CONF-SERVER"), "https://127.0.0.1:6443");
+    assert_eq!(
+        b2.one("E2E-KUBELET-POSTED"),
+        "kubelet-double: posted: node e2e-0 Ready=True (KubeletReady) via https://127.0.0.1:6443"
     );
+    let node_ready_attempts = b2
+        .text
+        .lines()
+        .filter(|l| l.contains("health check attempt=") && l.contains("failure=\"node-ready:"))
+        .count();
     let (out, rc) = b2.run_output("upgrade");
     assert_eq!(rc, 0, "{out:?}");
     assert!(
@@ -227,12 +289,21 @@ fn upgrade_health_gate_rollback_and_boot_counting_on_one_node() {
         "v3 must not get past its gate:\n{}",
         b3.tail(60)
     );
+    // The first failing check ends each attempt: /healthz, before the Node-Ready check.
+    let checks = gate_checks(&b3);
+    assert_eq!(checks.len(), 2, "{checks:?}\n{}", b3.tail(60));
+    assert_eq!(
+        (checks[0].0.as_str(), checks[0].1.as_str()),
+        ("ok", "units")
+    );
+    assert_eq!(
+        (checks[1].0.as_str(), checks[1].1.as_str()),
+        ("FAIL", "kubelet-healthz"),
+        "{checks:?}"
+    );
     assert!(
-        b3.text
-            .lines()
-            .any(|l| l.contains("kubelet-healthz") && l.contains("500 Internal Server Error")),
-        "the gate failed on the kubelet's /healthz:\n{}",
-        b3.tail(60)
+        checks[1].2.contains("500 Internal Server Error"),
+        "the gate failed on the kubelet's /healthz: {checks:?}"
     );
     let gate_to_rollback = b3.mark("rollback").unwrap() - b3.started;
 
@@ -254,13 +325,12 @@ fn upgrade_health_gate_rollback_and_boot_counting_on_one_node() {
     assert_eq!(f[0]["commit"], c3);
     assert_eq!(f[0]["version"], "3.0.0");
     assert_eq!(f[0]["automatic-rollbacks"], 1);
+    let reason = f[0]["last-reason"].as_str().unwrap();
     assert!(
-        f[0]["last-reason"]
-            .as_str()
-            .unwrap()
-            .contains("kubelet-healthz"),
+        reason.contains("kubelet-healthz") && reason.contains("500 Internal Server Error"),
         "{st}"
     );
+    assert_gate_passed_with_node_ready(&b4);
     let (out, rc) = b4.run_output("refused");
     assert_ne!(rc, 0, "a version rolled back before is refused: {out:?}");
     assert!(
@@ -295,6 +365,7 @@ fn upgrade_health_gate_rollback_and_boot_counting_on_one_node() {
         "boot_counter=3: three tries of v4, then the fallback"
     );
     assert_eq!(fallback.one("E2E-BOOTED"), c2, "{}", fallback.tail(60));
+    assert_gate_passed_with_node_ready(&fallback);
     let st = fallback.status();
     assert_eq!(os_state(&st), "confirmed", "{st}");
     assert_eq!(st["os"]["state"]["state"]["commit"], c2);
@@ -318,7 +389,10 @@ fn upgrade_health_gate_rollback_and_boot_counting_on_one_node() {
         "E2E-BENCH v3 boot start -> gate gave up and rolled back: {:.1}s (deadline 90s)",
         gate_to_rollback.as_secs_f64()
     );
-    eprintln!("E2E-BENCH proven: upgrade v1->v2 over HTTP with --remote, health confirm, v3 fail -> automatic rollback -> verified, v3 refused, v4 boot-count fallback after {panicked} panicked boots");
+    eprintln!(
+        "E2E-BENCH v2 gate: {node_ready_attempts} attempt(s) failed on node-ready before the kubelet had posted Ready"
+    );
+    eprintln!("E2E-BENCH proven: upgrade v1->v2 over HTTP with --remote, health confirm (Node Ready via the API server), v3 fail -> automatic rollback -> verified, v3 refused, v4 boot-count fallback after {panicked} panicked boots");
 }
 
 /// `ostree pull` of v2 into a repository holding v1, over HTTP from [`StaticServer`]; returns

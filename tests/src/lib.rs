@@ -2,6 +2,7 @@
 //! here (Vault KV v2, cloud metadata services) and the kubeadm/kubelet doubles. Every double
 //! says in its first lines what it stands in for.
 
+pub mod apiserver_double;
 pub mod fakes;
 pub mod kubeadm_double;
 

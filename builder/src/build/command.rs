@@ -32,7 +32,11 @@ pub struct BuildArgs {
     #[arg(long)]
     pub json: bool,
     /// Formats to produce after the commit [default: the recipe's image.formats].
-    #[arg(long, value_delimiter = ',', value_name = "raw,qcow2,vhd,vhd-dynamic,pxe")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "raw,qcow2,vhd,vhd-dynamic,pxe"
+    )]
     pub format: Option<Vec<Format>>,
     /// Stop after the commit and publishing: no disk images, no PXE material.
     #[arg(long, conflicts_with = "format")]

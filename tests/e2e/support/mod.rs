@@ -237,6 +237,15 @@ pub fn accel() -> AccelChoice {
     }
 }
 
+/// Firmware: `NODEIMG_E2E_FIRMWARE=bios|uefi` (SeaBIOS or OVMF), default bios.
+pub fn firmware() -> Firmware {
+    match env_or("NODEIMG_E2E_FIRMWARE", "bios").as_str() {
+        "bios" => Firmware::Bios,
+        "uefi" => Firmware::Uefi,
+        other => panic!("NODEIMG_E2E_FIRMWARE: `{other}` is neither bios nor uefi"),
+    }
+}
+
 /// What one boot left on the serial console.
 #[derive(Debug, Clone)]
 pub struct BootLog {
@@ -324,7 +333,7 @@ impl Node {
             user_data: user_data.to_owned(),
             seed_files: Vec::new(),
             network,
-            firmware: Firmware::Bios,
+            firmware: firmware(),
             boots: 0,
         })
     }

@@ -70,8 +70,11 @@ impl PxeHttp {
                 let (routes, l, f) = (Arc::clone(&routes), Arc::clone(&l), Arc::clone(&f));
                 std::thread::spawn(move || {
                     let fault = f.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    if let Some(req) = serve_one(conn, &routes, &fault) {
+                    if let Some((req, conn)) = serve_one(conn, &routes, &fault) {
+                        // Logged before the connection closes: a client that has read the
+                        // whole answer finds its request in the log.
                         l.lock().unwrap_or_else(|p| p.into_inner()).push(req);
+                        drop(conn);
                     }
                 });
             }
@@ -114,7 +117,8 @@ impl Drop for PxeHttp {
     }
 }
 
-fn serve_one(conn: TcpStream, routes: &Routes, fault: &Fault) -> Option<Request> {
+/// Answer one request; returns it with the still open connection.
+fn serve_one(conn: TcpStream, routes: &Routes, fault: &Fault) -> Option<(Request, TcpStream)> {
     conn.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     let mut reader = BufReader::new(conn.try_clone().ok()?);
     let mut request_line = String::new();
@@ -163,12 +167,15 @@ fn serve_one(conn: TcpStream, routes: &Routes, fault: &Fault) -> Option<Request>
         }
     };
     let _ = out.flush();
-    Some(Request {
-        path,
-        user_agent,
-        status,
-        sent,
-    })
+    Some((
+        Request {
+            path,
+            user_agent,
+            status,
+            sent,
+        },
+        out,
+    ))
 }
 
 /// Answer 200 with the file, streamed; returns the body bytes written.

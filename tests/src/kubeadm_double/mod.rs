@@ -20,6 +20,7 @@
 //!   `caCertHashes` (the double checks it like discovery does);
 //! - `KUBEADM_DOUBLE_EXIT_CODES=legacy`: pre-1.34 codes (2 preflight, 3 validation).
 
+mod control_plane;
 pub mod schema;
 
 use std::fs;
@@ -34,12 +35,13 @@ use serde_yaml::Value;
 use schema::Api;
 
 /// A failure: message (printed after `error: `) and the exit code class.
+#[derive(Debug)]
 struct Fail {
     msg: String,
     class: Class,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Class {
     General,
     Preflight,
@@ -579,6 +581,11 @@ fn kubelet_files(root: &Path, doc: &Value) -> Result<(), Fail> {
         .and_then(Value::as_str)
         .unwrap_or("unix:///var/run/containerd/containerd.sock");
     let mut flags = vec![format!("--container-runtime-endpoint={sock}")];
+    // kubeadm passes the node name to the kubelet only when it is not the host name.
+    let name = control_plane::node_name(Some(doc));
+    if name != control_plane::hostname() {
+        flags.push(format!("--hostname-override={name}"));
+    }
     match nr.and_then(|n| n.get("kubeletExtraArgs")) {
         Some(Value::Mapping(m)) => flags.extend(m.iter().map(|(k, v)| {
             format!(
@@ -601,34 +608,28 @@ fn kubelet_files(root: &Path, doc: &Value) -> Result<(), Fail> {
         "var/lib/kubelet/kubeadm-flags.env",
         &format!("KUBELET_KUBEADM_ARGS=\"{}\"\n", flags.join(" ")),
     )?;
-    write(root, "var/lib/kubelet/config.yaml", "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\n")
+    // The part of kubeadm's KubeletConfiguration the kubelet double reads: where the static
+    // pods are (on every node; only a control-plane node has manifests there).
+    let manifests = root.join("etc/kubernetes/manifests");
+    write(
+        root,
+        "var/lib/kubelet/config.yaml",
+        &format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\nstaticPodPath: {}\n",
+            manifests.display()
+        ),
+    )
 }
 
-fn control_plane_files(root: &Path) -> Result<(), Fail> {
-    for m in [
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-        "etcd",
-    ] {
-        write(
-            root,
-            &format!("etc/kubernetes/manifests/{m}.yaml"),
-            &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {m}\n"),
-        )?;
-    }
+/// Manifests, etcd data and the control-plane components' kubeconfigs (placeholders: nothing
+/// in the tests runs the controller manager or the scheduler).
+fn control_plane_files(root: &Path, cp: &control_plane::Init) -> Result<(), Fail> {
+    control_plane::write_manifests(root, cp)?;
     write(root, "var/lib/etcd/member/snap/db", "")?;
-    for conf in ["admin.conf", "controller-manager.conf", "scheduler.conf"] {
+    for conf in ["controller-manager.conf", "scheduler.conf"] {
         write(
             root,
             &format!("etc/kubernetes/{conf}"),
-            "apiVersion: v1\nkind: Config\n",
-        )?;
-    }
-    if minor() >= 29 {
-        write(
-            root,
-            "etc/kubernetes/super-admin.conf",
             "apiVersion: v1\nkind: Config\n",
         )?;
     }
@@ -649,18 +650,16 @@ fn init(root: &Path, docs: &Docs, flags: &Flags) -> Result<(), Fail> {
             .and_then(Value::as_str)
             .unwrap_or("stable-1")
     );
+    let cp = control_plane::Init::from_docs(docs.init.as_ref(), docs.cluster.as_ref())?;
     println!("[certs] Generating \"ca\" certificate and key");
     make_ca(root)?;
-    control_plane_files(root)?;
+    control_plane::write_certs(root, &cp)?;
+    control_plane_files(root, &cp)?;
     if failing("init-partial") {
         return Err(fail("error execution phase wait-control-plane: could not initialize a Kubernetes cluster: context deadline exceeded"));
     }
     let init = docs.init.as_ref();
-    write(
-        root,
-        "etc/kubernetes/kubelet.conf",
-        "apiVersion: v1\nkind: Config\n",
-    )?;
+    control_plane::write_kubeconfigs(root, &cp, minor() >= 29)?;
     if let Some(i) = init {
         kubelet_files(root, i)?;
     }
@@ -739,15 +738,17 @@ fn join(root: &Path, jc: &Value) -> Result<(), Fail> {
     }
     let cp = jc.get("controlPlane").is_some_and(|c| !c.is_null());
     if cp {
-        control_plane_files(root)?;
+        // A joining control plane gets the CA key through `certificateKey`, which the double
+        // does not reproduce: its manifests name what would be there.
+        let init = control_plane::Init::from_docs(None, None)?;
+        control_plane_files(root, &init)?;
     }
     kubelet_files(root, jc)?;
-    write(root, "var/lib/kubelet/pki/kubelet-client-current.pem", "")?;
-    write(
-        root,
-        "etc/kubernetes/kubelet.conf",
-        "apiVersion: v1\nkind: Config\n",
-    )?;
+    let endpoint = bt
+        .and_then(|b| b.get("apiServerEndpoint"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    control_plane::write_join_kubeconfig(root, endpoint)?;
     let _ = fs::remove_file(root.join("etc/kubernetes/bootstrap-kubelet.conf"));
     println!(
         "\nThis node has joined the cluster{}",
