@@ -19,8 +19,25 @@ use nodeboot::lifecycle::ostree_ops;
 use nodeimg_common::Cmd;
 use time::OffsetDateTime;
 
-const NODE_READY: &str = r#"{"kind":"Node","apiVersion":"v1","metadata":{"name":"worker-1"},
-"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"kubelet is posting ready status"}]}}"#;
+/// A Ready Node whose kubelet last reported at `heartbeat` (RFC 3339).
+fn node_ready_at(heartbeat: &str) -> &'static str {
+    let json = format!(
+        r#"{{"kind":"Node","apiVersion":"v1","metadata":{{"name":"worker-1"}},
+"status":{{"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","message":"kubelet is posting ready status","lastHeartbeatTime":"{heartbeat}"}}]}}}}"#
+    );
+    // The fake servers hold their answer for the whole test process.
+    Box::leak(json.into_boxed_str())
+}
+
+/// A Ready Node that reported just now (after this host booted, as the gate requires).
+fn node_ready() -> &'static str {
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    node_ready_at(&now)
+}
 const NODE_NOT_READY: &str = r#"{"kind":"Node","apiVersion":"v1","metadata":{"name":"worker-1"},
 "status":{"conditions":[{"type":"Ready","status":"False","reason":"KubeletNotReady","message":"container runtime network not ready"}]}}"#;
 
@@ -238,7 +255,7 @@ fn node_ready_through_the_api_server() {
     let dir = tempfile::tempdir().unwrap();
     let k = Kubelet::start(&dir.path().join("fault"), &[]);
     let mut cfg = config(dir.path(), &k.healthz);
-    let (ready, _s1) = fake_apiserver(NODE_READY);
+    let (ready, _s1) = fake_apiserver(node_ready());
     let kubeconfig = |server: &str| {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: {server}\n  name: c\ncontexts:\n- context:\n    cluster: c\n    user: u\n  name: x\ncurrent-context: x\nusers:\n- name: u\n  user: {{}}\n"
@@ -269,6 +286,15 @@ fn node_ready_through_the_api_server() {
         reason.contains("Ready is False (KubeletNotReady"),
         "{reason}"
     );
+
+    // Ready, but last reported before this host booted: what the API server still says about
+    // a node that rebooted into a new OS whose kubelet never came back.
+    let (stale, _s3) = fake_apiserver(node_ready_at("2020-01-01T00:00:00Z"));
+    std::fs::write(&cfg.kubeconfig, kubeconfig(&stale)).unwrap();
+    let CheckResult::Fail { reason } = &health::check_once(&cfg)[2].result else {
+        panic!()
+    };
+    assert!(reason.contains("from before this boot"), "{reason}");
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -394,7 +420,7 @@ fn node_ready_over_tls_with_the_kubelet_client_certificate() {
     // `s_server -WWW` serves files under its working directory.
     let www = d.join("www");
     std::fs::create_dir_all(www.join("api/v1/nodes")).unwrap();
-    std::fs::write(www.join("api/v1/nodes/worker-1"), NODE_READY).unwrap();
+    std::fs::write(www.join("api/v1/nodes/worker-1"), node_ready()).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

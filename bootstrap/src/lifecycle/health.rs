@@ -11,7 +11,7 @@
 //! comes; a failure names the check that failed last.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
@@ -41,6 +41,11 @@ pub struct HealthConfig {
     pub kubeconfig: PathBuf,
     /// Default: from the kubelet's client certificate, else the host name.
     pub node_name: Option<String>,
+    /// `Ready=True` counts only with a heartbeat (`lastHeartbeatTime`, stamped by the kubelet
+    /// with the node's own clock) at or after this time. Default: this boot's start, so the
+    /// status the API server still holds from before the reboot (a Node turns Unknown only
+    /// after the node monitor's grace period) cannot pass for the new OS. `None`: any age.
+    pub heartbeat_since: Option<SystemTime>,
 }
 
 impl Default for HealthConfig {
@@ -53,6 +58,7 @@ impl Default for HealthConfig {
             kubelet_healthz: DEFAULT_KUBELET_HEALTHZ.to_owned(),
             kubeconfig: PathBuf::from(DEFAULT_KUBELET_KUBECONFIG),
             node_name: None,
+            heartbeat_since: boot_time().ok(),
         }
     }
 }
@@ -287,11 +293,26 @@ fn node_ready(cfg: &HealthConfig) -> Result<String> {
     if !status.is_success() {
         bail!("GET {url} answered {status}: {}", body.trim());
     }
-    node_ready_condition(&body).with_context(|| format!("node {name} (GET {url})"))
+    node_ready_condition(&body, cfg.heartbeat_since)
+        .with_context(|| format!("node {name} (GET {url})"))
 }
 
-/// Read the `Ready` condition of a Node object (JSON).
-pub fn node_ready_condition(json: &str) -> Result<String> {
+/// When this boot started (`btime` in `/proc/stat`).
+pub fn boot_time() -> Result<SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let secs: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .context("/proc/stat has no btime line")?
+        .trim()
+        .parse()
+        .context("/proc/stat: btime is not a number")?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Read the `Ready` condition of a Node object (JSON); with `heartbeat_since`, a `True` must
+/// have been reported at or after that time.
+pub fn node_ready_condition(json: &str, heartbeat_since: Option<SystemTime>) -> Result<String> {
     #[derive(Deserialize)]
     struct Node {
         status: Option<NodeStatus>,
@@ -310,6 +331,8 @@ pub fn node_ready_condition(json: &str) -> Result<String> {
         reason: Option<String>,
         #[serde(default)]
         message: Option<String>,
+        #[serde(default, rename = "lastHeartbeatTime")]
+        last_heartbeat: Option<String>,
     }
     let node: Node = serde_json::from_str(json).context("the answer is not a Node object")?;
     let ready = node
@@ -317,6 +340,27 @@ pub fn node_ready_condition(json: &str) -> Result<String> {
         .and_then(|s| s.conditions.into_iter().find(|c| c.kind == "Ready"))
         .context("the Node has no Ready condition yet")?;
     if ready.status == "True" {
+        if let Some(since) = heartbeat_since {
+            let stamp = ready
+                .last_heartbeat
+                .as_deref()
+                .context("Ready is True but carries no lastHeartbeatTime")?;
+            let at =
+                time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+                    .with_context(|| {
+                        format!("lastHeartbeatTime `{stamp}` is not an RFC 3339 time")
+                    })?;
+            // Kubernetes stamps whole seconds: compare at that precision.
+            let since_secs = since
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()) as i64;
+            if at.unix_timestamp() < since_secs {
+                bail!(
+                    "Ready is True, but its last heartbeat ({stamp}) is from before this boot: \
+                     the kubelet has not reported since the node started"
+                );
+            }
+        }
         Ok(format!(
             "Ready ({})",
             ready.reason.as_deref().unwrap_or("no reason")
@@ -519,15 +563,49 @@ mod tests {
         let ok = r#"{"kind":"Node","status":{"conditions":[
             {"type":"MemoryPressure","status":"False"},
             {"type":"Ready","status":"True","reason":"KubeletReady"}]}}"#;
-        assert_eq!(node_ready_condition(ok).unwrap(), "Ready (KubeletReady)");
+        assert_eq!(
+            node_ready_condition(ok, None).unwrap(),
+            "Ready (KubeletReady)"
+        );
         let not = r#"{"status":{"conditions":[{"type":"Ready","status":"False","reason":"KubeletNotReady","message":"container runtime network not ready"}]}}"#;
-        let err = node_ready_condition(not).unwrap_err().to_string();
+        let err = node_ready_condition(not, None).unwrap_err().to_string();
         assert!(
             err.contains("Ready is False (KubeletNotReady: container runtime network not ready)"),
             "{err}"
         );
-        assert!(node_ready_condition(r#"{"status":{}}"#).is_err());
-        assert!(node_ready_condition("<html>").is_err());
+        assert!(node_ready_condition(r#"{"status":{}}"#, None).is_err());
+        assert!(node_ready_condition("<html>", None).is_err());
+    }
+
+    #[test]
+    fn ready_counts_only_with_a_heartbeat_from_this_boot() {
+        let node = |beat: &str| {
+            format!(
+                r#"{{"status":{{"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady"{beat}}}]}}}}"#
+            )
+        };
+        // 2026-11-25T02:00:00Z
+        let boot = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_572_000);
+        let fresh = node(r#","lastHeartbeatTime":"2026-11-25T02:00:10Z""#);
+        assert_eq!(
+            node_ready_condition(&fresh, Some(boot)).unwrap(),
+            "Ready (KubeletReady)"
+        );
+        let stale = node(r#","lastHeartbeatTime":"2026-11-25T01:59:30Z""#);
+        let err = node_ready_condition(&stale, Some(boot))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("from before this boot"), "{err}");
+        assert!(node_ready_condition(&stale, None).is_ok());
+        let err = node_ready_condition(&node(""), Some(boot))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no lastHeartbeatTime"), "{err}");
+        let err = node_ready_condition(&node(r#","lastHeartbeatTime":"yesterday""#), Some(boot))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an RFC 3339 time"), "{err}");
+        assert!(boot_time().unwrap() < SystemTime::now());
     }
 
     #[test]
