@@ -97,6 +97,7 @@ fn exported_qcow2_and_vhd_boot_grub() {
             &ExportOptions {
                 compression,
                 timestamp: None,
+                disk_id: None,
             },
         )
         .unwrap();

@@ -266,6 +266,7 @@ fn builds_are_bit_identical_and_seeded() {
         let opts = ExportOptions {
             compression,
             timestamp: None,
+            disk_id: None,
         };
         let ea = export::write(format, &a, &d.path().join("a.out"), &opts).unwrap();
         let eb = export::write(format, &b, &d.path().join("b.out"), &opts).unwrap();

@@ -75,6 +75,19 @@ pub fn image_file_name(recipe: &Recipe, format: Format) -> String {
     format!("{}-{}.{ext}", recipe.image.name, recipe.image.version)
 }
 
+/// The id export formats store for the disk (the VHD unique id): the first 16 bytes of the
+/// disk key, which digests every input of the raw image, so the same disk always gets the
+/// same id and different disks different ones.
+fn disk_id(key: &Sha256Hex) -> [u8; 16] {
+    let hex = key.as_str().as_bytes();
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).expect("hex is ASCII");
+        *b = u8::from_str_radix(pair, 16).expect("a sha256 key is hex");
+    }
+    id
+}
+
 /// The disk stage key.
 pub fn disk_key(req: &ImageRequest<'_>) -> Result<Sha256Hex> {
     let d = &req.recipe.disk;
@@ -204,6 +217,7 @@ pub fn export_all(
 ) -> Result<Vec<(Format, String, Sha256Hex)>> {
     let opts = ExportOptions {
         timestamp: Some(timestamp as i64),
+        disk_id: Some(disk_id(&raw.key)),
         ..ExportOptions::default()
     };
     let mut written = Vec::new();

@@ -4,9 +4,8 @@
 //! Every writer reads the raw image sequentially (skipping holes with `SEEK_DATA`/`SEEK_HOLE`),
 //! writes through [`AtomicFile`] (nothing left at `out` after a failure) and is deterministic:
 //! no timestamps from the clock, identifiers derived from content. No `qemu-img` involved.
-//! Raw, fixed VHD and uncompressed qcow2 are written front to back and hashed on a second
-//! thread while being written (`stream`); compressed qcow2 and dynamic VHD (whose first bytes
-//! depend on the content digest) are read back for their hash.
+//! Raw, VHD and uncompressed qcow2 are written front to back and hashed on a second thread
+//! while being written (`stream`); only compressed qcow2 is read back for its hash.
 
 pub mod qcow2;
 pub mod raw;
@@ -55,6 +54,11 @@ pub struct ExportOptions {
     /// Seconds since the Unix epoch written where a format wants a creation time (VHD footer).
     /// `None`: [`crate::disk::DEFAULT_EPOCH`].
     pub timestamp: Option<i64>,
+    /// Identifies the disk's content where a format stores an id (the VHD unique id). The
+    /// build derives it from the disk stage key, which digests every input of the raw image;
+    /// `None`: the writers derive it from the content (a dynamic VHD then reads its data
+    /// twice).
+    pub disk_id: Option<[u8; 16]>,
 }
 
 /// What was written.
@@ -86,12 +90,14 @@ pub fn write(format: Format, raw: &Path, out: &Path, opts: &ExportOptions) -> Re
             raw,
             out,
             opts.timestamp.unwrap_or(crate::disk::DEFAULT_EPOCH),
+            opts.disk_id,
             &step,
         ),
         Format::VhdDynamic => vhd::write_dynamic(
             raw,
             out,
             opts.timestamp.unwrap_or(crate::disk::DEFAULT_EPOCH),
+            opts.disk_id,
             &step,
         ),
         Format::Pxe => unreachable!("rejected above"),

@@ -125,7 +125,14 @@ pub fn vhd_timestamp(unix: i64) -> u32 {
 }
 
 /// Write a fixed VHD of `raw` to `out`. Virtual size: the raw size rounded up to 1 MiB.
-pub fn write_fixed(raw: &Path, out: &Path, timestamp: i64, step: &Step) -> Result<ExportReport> {
+/// Unique id: `disk_id`, else the first 16 bytes of the content digest ([`fixed_id`]).
+pub fn write_fixed(
+    raw: &Path,
+    out: &Path,
+    timestamp: i64,
+    disk_id: Option<[u8; 16]>,
+    step: &Step,
+) -> Result<ExportReport> {
     let (src, len) = input_len(raw)?;
     let size = len.div_ceil(MIB) * MIB;
     if !(AZURE_MIN..=AZURE_MAX).contains(&size) {
@@ -144,10 +151,7 @@ pub fn write_fixed(raw: &Path, out: &Path, timestamp: i64, step: &Step) -> Resul
         .with_context(|| format!("copying {}", raw.display()))?;
     pipe.zeros(size - len)?;
     let mut hasher = pipe.finish()?;
-    // The content digest so far identifies the disk: same content, same id.
-    let content = hasher.clone().finalize();
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&content[..16]);
+    let id = disk_id.unwrap_or_else(|| fixed_id(&hasher));
     let foot = footer(
         size,
         DiskType::Fixed,
@@ -167,6 +171,15 @@ pub fn write_fixed(raw: &Path, out: &Path, timestamp: i64, step: &Step) -> Resul
         size: size + FOOTER_LEN as u64,
         virtual_size: size,
     })
+}
+
+/// The content digest so far (the whole virtual disk) identifies the disk: same content, same
+/// id.
+fn fixed_id(content: &sha2::Sha256) -> [u8; 16] {
+    let digest = content.clone().finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
 }
 
 /// Block size of dynamic VHDs: the specification's default, what Hyper-V and qemu write.
@@ -195,8 +208,20 @@ pub fn dynamic_header(entries: u32) -> [u8; DYNAMIC_HEADER_LEN] {
 }
 
 /// Write a dynamic VHD of `raw` to `out`. Virtual size: the raw size rounded up to 1 MiB, as
-/// for fixed VHDs, so both subformats describe the same disk (and get the same unique id).
-pub fn write_dynamic(raw: &Path, out: &Path, timestamp: i64, step: &Step) -> Result<ExportReport> {
+/// for fixed VHDs, so both subformats describe the same disk.
+///
+/// The footer (and its copy at the start) carries the disk's unique id, so the id must be
+/// known before the first byte: `disk_id` when the caller has one (the build passes one
+/// derived from the disk stage key), else the content digest [`fixed_id`] gives the fixed VHD,
+/// from a first pass over the data blocks. Then the file is written front to back and hashed
+/// alongside.
+pub fn write_dynamic(
+    raw: &Path,
+    out: &Path,
+    timestamp: i64,
+    disk_id: Option<[u8; 16]>,
+    step: &Step,
+) -> Result<ExportReport> {
     let (src, len) = input_len(raw)?;
     let size = len.div_ceil(MIB) * MIB;
     if size > DYNAMIC_MAX {
@@ -206,67 +231,27 @@ pub fn write_dynamic(raw: &Path, out: &Path, timestamp: i64, step: &Step) -> Res
         );
     }
     let blocks = size.div_ceil(DYNAMIC_BLOCK);
-    let allocated = sparse::nonzero_clusters(&src, len, DYNAMIC_BLOCK)
-        .with_context(|| format!("scanning {} for data", raw.display()))?;
+    let allocated: Vec<u64> = sparse::nonzero_clusters(&src, len, DYNAMIC_BLOCK)
+        .with_context(|| format!("scanning {} for data", raw.display()))?
+        .iter()
+        .flat_map(|r| r.first..r.first + r.count)
+        .collect();
     let bat_len = (blocks * 4).div_ceil(512) * 512;
     let data_start = BAT_OFFSET + bat_len;
-    let stride = BITMAP_LEN as u64 + DYNAMIC_BLOCK;
+    let stride = BITMAP_LEN + DYNAMIC_BLOCK as usize;
     // 0xFFFFFFFF marks an unallocated block; the padding to a whole sector is 0xFF too.
     let mut bat = vec![0xFFu8; bat_len as usize];
-    let mut next = data_start;
-    for run in &allocated {
-        for b in run.first..run.first + run.count {
-            let sector = u32::try_from(next / 512).context("a BAT entry would overflow")?;
-            bat[(b * 4) as usize..(b * 4 + 4) as usize].copy_from_slice(&sector.to_be_bytes());
-            next += stride;
-        }
+    for (k, b) in allocated.iter().enumerate() {
+        let sector = u32::try_from((data_start + k as u64 * stride as u64) / 512)
+            .context("a BAT entry would overflow")?;
+        bat[(b * 4) as usize..(b * 4 + 4) as usize].copy_from_slice(&sector.to_be_bytes());
     }
-    let end = next;
-
-    let mut dst = AtomicFile::create(out)?;
-    let file = dst
-        .file()
-        .try_clone()
-        .context("duplicating the output handle")?;
-    let mut writeback = Writeback::new(&file)?;
-    let header = dynamic_header(u32::try_from(blocks).context("too many blocks")?);
-    file.write_all_at(&header, DYNAMIC_HEADER_OFFSET)
-        .and_then(|()| file.write_all_at(&bat, BAT_OFFSET))
-        .with_context(|| format!("writing the VHD header to {}", dst.temp_path().display()))?;
-
-    // The virtual disk's content digest (the raw image padded with zeros to `size`, as the
-    // fixed VHD hashes it) gives the unique id, computed alongside the copy.
-    let mut content = HashPipe::new()?;
-    let mut meter = Meter::new(step, len);
-    let bitmap = [0xFFu8; BITMAP_LEN];
-    let mut at = data_start;
-    let mut virtual_pos = 0u64;
-    for run in &allocated {
-        for b in run.first..run.first + run.count {
-            let start = b * DYNAMIC_BLOCK;
-            content.zeros(start - virtual_pos)?;
-            let mut buf = content.buffer()?;
-            let in_raw = DYNAMIC_BLOCK.min(len - start) as usize;
-            buf[..DYNAMIC_BLOCK as usize].fill(0);
-            src.read_exact_at(&mut buf[..in_raw], start)
-                .with_context(|| format!("reading {} at offset {start}", raw.display()))?;
-            file.write_all_at(&bitmap, at)
-                .and_then(|()| {
-                    file.write_all_at(&buf[..DYNAMIC_BLOCK as usize], at + BITMAP_LEN as u64)
-                })
-                .with_context(|| format!("writing {}", dst.temp_path().display()))?;
-            at += stride;
-            writeback.written_to(at);
-            let in_disk = DYNAMIC_BLOCK.min(size - start);
-            content.bytes(buf, in_disk as usize)?;
-            virtual_pos = start + in_disk;
-            meter.at(start + in_raw as u64);
-        }
-    }
-    content.zeros(size - virtual_pos)?;
-    let digest = content.finish()?.finalize();
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&digest[..16]);
+    let end = data_start + allocated.len() as u64 * stride as u64;
+    let id = match disk_id {
+        Some(id) => id,
+        None => content_id(&src, len, size, &allocated)
+            .with_context(|| format!("hashing {}", raw.display()))?,
+    };
     let foot = footer(
         size,
         DiskType::Dynamic,
@@ -274,13 +259,45 @@ pub fn write_dynamic(raw: &Path, out: &Path, timestamp: i64, step: &Step) -> Res
         vhd_timestamp(timestamp),
         id,
     );
-    file.write_all_at(&foot, 0)
-        .and_then(|()| file.write_all_at(&foot, end))
-        .with_context(|| format!("writing the VHD footer to {}", dst.temp_path().display()))?;
+    let header = dynamic_header(u32::try_from(blocks).context("too many blocks")?);
+
+    let mut dst = AtomicFile::create(out)?;
+    let file = dst
+        .file()
+        .try_clone()
+        .context("duplicating the output handle")?;
+    let written = |r: std::io::Result<()>, dst: &AtomicFile| {
+        r.with_context(|| format!("writing {}", dst.temp_path().display()))
+    };
+    let mut writeback = Writeback::new(&file)?;
+    let mut pipe = HashPipe::new()?;
+    let mut head = Vec::with_capacity(data_start as usize);
+    head.extend_from_slice(&foot);
+    head.extend_from_slice(&header);
+    head.extend_from_slice(&bat);
+    written(file.write_all_at(&head, 0), &dst)?;
+    pipe.owned(head)?;
+    let mut meter = Meter::new(step, len);
+    let mut at = data_start;
+    for &b in &allocated {
+        let start = b * DYNAMIC_BLOCK;
+        let in_raw = DYNAMIC_BLOCK.min(len - start) as usize;
+        // Each block: its sector bitmap (every sector present), then the data.
+        let mut buf = pipe.buffer()?;
+        buf[..BITMAP_LEN].fill(0xFF);
+        buf[BITMAP_LEN + in_raw..stride].fill(0);
+        src.read_exact_at(&mut buf[BITMAP_LEN..BITMAP_LEN + in_raw], start)
+            .with_context(|| format!("reading {} at offset {start}", raw.display()))?;
+        written(file.write_all_at(&buf[..stride], at), &dst)?;
+        pipe.bytes(buf, stride)?;
+        at += stride as u64;
+        writeback.written_to(at);
+        meter.at(start + in_raw as u64);
+    }
+    written(file.write_all_at(&foot, end), &dst)?;
+    pipe.owned(foot.to_vec())?;
     drop(writeback);
-    // Read back for the file digest: the footer copy at the start depends on the content
-    // digest, which is known only at the end.
-    let sha256 = Sha256Hex::of_file(dst.temp_path())?;
+    let sha256 = Sha256Hex::from_hasher(pipe.finish()?);
     dst.commit()?;
     Ok(ExportReport {
         path: out.to_owned(),
@@ -289,6 +306,31 @@ pub fn write_dynamic(raw: &Path, out: &Path, timestamp: i64, step: &Step) -> Res
         size: end + FOOTER_LEN as u64,
         virtual_size: size,
     })
+}
+
+/// The unique id [`write_fixed`] derives from the content: the first 16 bytes of the SHA-256
+/// of the virtual disk (the raw image padded with zeros to `size`), here from the data blocks
+/// alone (the rest is zeros).
+fn content_id(src: &std::fs::File, len: u64, size: u64, allocated: &[u64]) -> Result<[u8; 16]> {
+    let mut pipe = HashPipe::new()?;
+    let mut pos = 0u64;
+    for &b in allocated {
+        let start = b * DYNAMIC_BLOCK;
+        pipe.zeros(start - pos)?;
+        let in_raw = DYNAMIC_BLOCK.min(len - start) as usize;
+        let in_disk = DYNAMIC_BLOCK.min(size - start) as usize;
+        let mut buf = pipe.buffer()?;
+        buf[in_raw..in_disk].fill(0);
+        src.read_exact_at(&mut buf[..in_raw], start)
+            .with_context(|| format!("reading at offset {start}"))?;
+        pipe.bytes(buf, in_disk)?;
+        pos = start + in_disk as u64;
+    }
+    pipe.zeros(size - pos)?;
+    let digest = pipe.finish()?.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    Ok(id)
 }
 
 #[cfg(test)]
