@@ -3,6 +3,7 @@
 //! says in its first lines what it stands in for.
 
 pub mod apiserver_double;
+pub mod bins;
 pub mod fakes;
 pub mod kubeadm_double;
 

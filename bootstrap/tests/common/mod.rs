@@ -2,9 +2,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-use nodeimg_common::Cmd;
 
 /// Compare `actual` with the golden file `bootstrap/testdata/<rel>` (shared helper;
 /// `UPDATE_GOLDEN=1` rewrites it).
@@ -15,33 +12,9 @@ pub fn golden(rel: &str, actual: &str) {
     nodeimg_common::golden::assert_golden(path, actual);
 }
 
-/// The kubeadm double (`nodeimg-tests` binary `kubeadm-double`), built on first use so a stale
-/// copy is never tested.
+/// The kubeadm double (`nodeimg-tests` binary `kubeadm-double`), built on first use.
 pub fn kubeadm_double() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut cmd = Cmd::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "nodeimg-tests",
-                "--bin",
-                "kubeadm-double",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd = cmd.arg("--release");
-        }
-        cmd.run().expect("building the kubeadm double");
-        let p = profile_dir.join("kubeadm-double");
-        assert!(p.exists(), "{} missing after build", p.display());
-        p
-    })
-    .clone()
+    nodeimg_tests::bins::built("kubeadm-double")
 }
 
 pub const TOKEN: &str = "abcdef.0123456789abcdef";

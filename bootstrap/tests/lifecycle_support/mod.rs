@@ -316,30 +316,7 @@ pub fn systemctl_double(dir: &Path) -> PathBuf {
 
 /// The kubelet double (`nodeimg-tests` binary `kubelet-double`), built on first use.
 pub fn kubelet_double() -> PathBuf {
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut cmd = Cmd::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "nodeimg-tests",
-                "--bin",
-                "kubelet-double",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd = cmd.arg("--release");
-        }
-        cmd.run().expect("building the kubelet double");
-        let p = profile_dir.join("kubelet-double");
-        assert!(p.exists(), "{} missing after build", p.display());
-        p
-    })
-    .clone()
+    nodeimg_tests::bins::built("kubelet-double")
 }
 
 /// A running kubelet double; killed on drop.
