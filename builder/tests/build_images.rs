@@ -202,7 +202,7 @@ fn unknown_format_is_a_usage_error() {
     .unwrap_err();
     assert!(
         err.to_string()
-            .contains("unknown format `iso` (expected one of: raw, qcow2, vhd, pxe)"),
+            .contains("unknown format `iso` (expected one of: raw, qcow2, vhd, vhd-dynamic, pxe)"),
         "{err}"
     );
 }
