@@ -50,6 +50,14 @@ impl Sha256Hex {
         Sha256Hex(hex::encode(h.finalize()))
     }
 
+    /// The 32 digest bytes.
+    pub fn bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        // Every constructor checks or produces 64 lowercase hex characters.
+        hex::decode_to_slice(&self.0, &mut out).expect("a Sha256Hex is 64 hex characters");
+        out
+    }
+
     /// The first `n` characters, for short names in paths and logs.
     pub fn short(&self, n: usize) -> &str {
         &self.0[..n.min(self.0.len())]
@@ -136,6 +144,11 @@ mod tests {
         assert_eq!(d, Sha256Hex::of_bytes(b""));
         assert!("abc".parse::<Sha256Hex>().is_err());
         assert!("g".repeat(64).parse::<Sha256Hex>().is_err());
+        assert_eq!(
+            d.bytes(),
+            <[u8; 32]>::from(Sha256::digest(b"")),
+            "bytes() is the digest the hex spells"
+        );
     }
 
     #[test]

@@ -79,12 +79,8 @@ pub fn image_file_name(recipe: &Recipe, format: Format) -> String {
 /// disk key, which digests every input of the raw image, so the same disk always gets the
 /// same id and different disks different ones.
 fn disk_id(key: &Sha256Hex) -> [u8; 16] {
-    let hex = key.as_str().as_bytes();
     let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).expect("hex is ASCII");
-        *b = u8::from_str_radix(pair, 16).expect("a sha256 key is hex");
-    }
+    id.copy_from_slice(&key.bytes()[..16]);
     id
 }
 
