@@ -140,11 +140,7 @@ impl Timings {
 
     fn add(&mut self, name: &str, step: progress::Step, cached: bool, note: &str) {
         let seconds = step.done_with(note);
-        self.0.push(StageTiming {
-            name: name.to_owned(),
-            seconds: (seconds * 10.0).round() / 10.0,
-            cached,
-        });
+        self.push(name, seconds, cached);
     }
 }
 
@@ -194,11 +190,11 @@ fn run(opts: &BuildOptions) -> Result<BuildOutcome> {
     fopts.mirror = opts.artifact_mirror.clone();
     fopts.offline = opts.offline;
     let fetched = fetch::fetch_all(&recipe.artifacts, &fopts)?;
-    timings.0.push(StageTiming {
-        name: "fetch".into(),
-        seconds: (fetch_started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-        cached: fetched.iter().all(|f| f.from_cache),
-    });
+    timings.push(
+        "fetch",
+        fetch_started.elapsed().as_secs_f64(),
+        fetched.iter().all(|f| f.from_cache),
+    );
 
     let nodeboot_bin = node::nodeboot_binary(recipe, &recipe_dir)?;
     let base_source = recipe.base.path.as_ref().map(|p| recipe_dir.join(p));

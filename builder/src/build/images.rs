@@ -155,14 +155,15 @@ pub fn raw_image(req: &ImageRequest<'_>, timings: &mut Timings) -> Result<RawIma
         .checksum
         .parse()
         .with_context(|| format!("commit checksum {} as a disk seed", req.checksum))?;
-    let mut input = DiskInput::from_recipe(
+    let epoch = i64::try_from(req.timestamp)
+        .with_context(|| format!("commit timestamp {} out of range", req.timestamp))?;
+    let input = DiskInput::from_recipe(
         &req.recipe.disk,
         &deployed.root_tree,
         &deployed.boot_tree,
         seed,
+        epoch,
     );
-    input.source_date_epoch = i64::try_from(req.timestamp)
-        .with_context(|| format!("commit timestamp {} out of range", req.timestamp))?;
     disk::build(&input, &path).with_context(|| {
         format!(
             "building the disk image of {} {} (recipe [disk])",

@@ -353,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn user_data_with_inline_join_material_is_refused_early() {
+    fn bad_user_data_is_refused_before_the_build() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("ud.toml");
         std::fs::write(&p, "this is = not [valid").unwrap();
@@ -369,6 +369,21 @@ mod tests {
             ..o
         };
         assert!(format!("{:#}", check(&missing).unwrap_err()).contains("nope.toml"));
+        // Inline join material: valid for nodeboot, but never embedded in a kickstart.
+        std::fs::write(
+            &p,
+            "version = 1\nrole = \"join-worker\"\n\n[cluster]\nname = \"c\"\n\
+             control-plane-endpoint = \"10.0.0.10:6443\"\nkubernetes-version = \"v1.34.2\"\n\n\
+             [join]\ninsecure-inline = true\ntoken = \"abcdef.0123456789abcdef\"\n\
+             ca-cert-hashes = [\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"]\n",
+        )
+        .unwrap();
+        let o = PxeOptions {
+            user_data: Some(p.clone()),
+            ..missing
+        };
+        let err = format!("{:#}", check(&o).unwrap_err());
+        assert!(err.contains("join material inline"), "{err}");
     }
 
     #[test]

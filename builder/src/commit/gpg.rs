@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nodeimg_common::digest::Sha256Hex;
-use nodeimg_common::fsutil::AtomicFile;
+use nodeimg_common::fsutil::atomic_write;
 use nodeimg_common::Cmd;
 use ostree::gio;
 
@@ -79,10 +79,7 @@ pub fn copy_signatures(from: &ostree::Repo, to: &ostree::Repo, checksum: &str) -
 /// sha256. Fails when the key is not in the keyring: an empty export is not a key.
 pub fn export_public_key(key: &GpgKey<'_>, dest: &Path) -> Result<Sha256Hex> {
     let armored = export(key, true)?;
-    let mut f = AtomicFile::create(dest)?;
-    std::io::Write::write_all(f.file(), &armored)
-        .with_context(|| format!("writing {}", dest.display()))?;
-    f.commit()?;
+    atomic_write(dest, &armored)?;
     Ok(Sha256Hex::of_bytes(&armored))
 }
 

@@ -27,10 +27,6 @@ use crate::progress;
 use crate::recipe::schema::{Disk, Firmware};
 pub use plan::{DiskPlan, PartitionPlan, PartitionRole, PlanError, PlanRequest};
 
-/// Default for [`DiskInput::source_date_epoch`] when neither the caller nor
-/// `SOURCE_DATE_EPOCH` says otherwise (the same fixed value the commit stage uses).
-pub const DEFAULT_EPOCH: i64 = 1_700_000_000;
-
 /// Everything the disk stage needs.
 #[derive(Debug, Clone)]
 pub struct DiskInput {
@@ -54,8 +50,15 @@ pub struct DiskInput {
 }
 
 impl DiskInput {
-    /// The input for a recipe's `[disk]` table. The epoch is `SOURCE_DATE_EPOCH` when set.
-    pub fn from_recipe(disk: &Disk, root_tree: &Path, boot_tree: &Path, seed: Sha256Hex) -> Self {
+    /// The input for a recipe's `[disk]` table; `epoch` is the commit's timestamp
+    /// ([`crate::commit::commit_timestamp`]), so files and superblocks carry the commit's time.
+    pub fn from_recipe(
+        disk: &Disk,
+        root_tree: &Path,
+        boot_tree: &Path,
+        seed: Sha256Hex,
+        epoch: i64,
+    ) -> Self {
         DiskInput {
             root_tree: root_tree.to_owned(),
             boot_tree: boot_tree.to_owned(),
@@ -65,14 +68,9 @@ impl DiskInput {
             firmware: disk.firmware.clone(),
             seed,
             grub_modules_dir: None,
-            source_date_epoch: epoch_from_env().unwrap_or(DEFAULT_EPOCH),
+            source_date_epoch: epoch,
         }
     }
-}
-
-/// `SOURCE_DATE_EPOCH` if set to an integer.
-pub fn epoch_from_env() -> Option<i64> {
-    std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
 }
 
 /// What was built.

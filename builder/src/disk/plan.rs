@@ -17,7 +17,6 @@
 use std::fmt;
 
 use nodeimg_common::digest::Sha256Hex;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 pub const SECTOR: u64 = 512;
@@ -466,14 +465,6 @@ impl IdDeriver {
 
     pub fn uuid(&self, purpose: &str) -> Uuid {
         Uuid::new_v5(&ID_NAMESPACE, format!("{}/{purpose}", self.seed).as_bytes())
-    }
-
-    /// 16 stable bytes for formats that want a raw id (VHD unique id).
-    pub fn bytes16(&self, purpose: &str) -> [u8; 16] {
-        let h = Sha256::digest(format!("{}/{purpose}", self.seed).as_bytes());
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&h[..16]);
-        out
     }
 }
 

@@ -52,7 +52,7 @@ pub struct ExportOptions {
     /// qcow2 only.
     pub compression: Compression,
     /// Seconds since the Unix epoch written where a format wants a creation time (VHD footer).
-    /// `None`: [`crate::disk::DEFAULT_EPOCH`].
+    /// `None`: [`crate::commit::DEFAULT_TIMESTAMP`], the commit stage's default.
     pub timestamp: Option<i64>,
     /// Identifies the disk's content where a format stores an id (the VHD unique id). The
     /// build derives it from the disk stage key, which digests every input of the raw image;
@@ -89,14 +89,16 @@ pub fn write(format: Format, raw: &Path, out: &Path, opts: &ExportOptions) -> Re
         Format::Vhd => vhd::write_fixed(
             raw,
             out,
-            opts.timestamp.unwrap_or(crate::disk::DEFAULT_EPOCH),
+            opts.timestamp
+                .unwrap_or(crate::commit::DEFAULT_TIMESTAMP as i64),
             opts.disk_id,
             &step,
         ),
         Format::VhdDynamic => vhd::write_dynamic(
             raw,
             out,
-            opts.timestamp.unwrap_or(crate::disk::DEFAULT_EPOCH),
+            opts.timestamp
+                .unwrap_or(crate::commit::DEFAULT_TIMESTAMP as i64),
             opts.disk_id,
             &step,
         ),

@@ -8,8 +8,9 @@
 //!
 //! The creator application is `win `: qemu (and Hyper-V) then take the disk size from the
 //! footer's current-size field instead of the CHS geometry, which cannot express most sizes
-//! exactly. The unique id is derived from the disk content and the timestamp is fixed, so the
-//! same raw image always gives the same file.
+//! exactly. The unique id is the caller's ([`super::ExportOptions::disk_id`]; the build derives
+//! it from the disk stage key) or else derived from the disk content, and the timestamp is the
+//! caller's (the commit's), so the same raw image always gives the same file.
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -395,9 +396,9 @@ mod tests {
         let mut zeroed = f;
         zeroed[64..68].fill(0);
         assert_eq!(checksum(&zeroed), stored);
-        // Known value: the byte sum of this footer with checksum zero.
-        let sum: u32 = zeroed.iter().map(|b| u32::from(*b)).sum();
-        assert_eq!(stored, !sum);
+        // Known value, computed independently (Python: one's complement of the byte sum of
+        // this footer with the checksum field zero).
+        assert_eq!(stored, 0xFFFF_ECE1);
     }
 
     #[test]
