@@ -191,23 +191,12 @@ fn http_client() -> reqwest::blocking::ClientBuilder {
         .redirect(reqwest::redirect::Policy::none())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 fn check_healthz(url: &str) -> CheckResult {
     let client = match http_client().build() {
         Ok(c) => c,
         Err(e) => {
             return CheckResult::Fail {
-                reason: error_chain(&e),
+                reason: crate::sources::http::chain(&e),
             }
         }
     };
@@ -233,7 +222,7 @@ fn check_healthz(url: &str) -> CheckResult {
             }
         }
         Err(e) => CheckResult::Fail {
-            reason: format!("{url}: {}", error_chain(&e)),
+            reason: format!("{url}: {}", crate::sources::http::chain(&e)),
         },
     }
 }
@@ -279,15 +268,18 @@ fn node_ready(cfg: &HealthConfig) -> Result<String> {
             .context("loading the kubeconfig's client certificate and key")?;
         builder = builder.identity(identity);
     }
-    let client = builder
-        .build()
-        .map_err(|e| anyhow::anyhow!("building the HTTP client: {}", error_chain(&e)))?;
+    let client = builder.build().map_err(|e| {
+        anyhow::anyhow!(
+            "building the HTTP client: {}",
+            crate::sources::http::chain(&e)
+        )
+    })?;
     let url = format!("{}/api/v1/nodes/{name}", kc.server.trim_end_matches('/'));
     let resp = client
         .get(&url)
         .header("Accept", "application/json")
         .send()
-        .map_err(|e| anyhow::anyhow!("GET {url}: {}", error_chain(&e)))?;
+        .map_err(|e| anyhow::anyhow!("GET {url}: {}", crate::sources::http::chain(&e)))?;
     let status = resp.status();
     let body = resp.text().unwrap_or_default();
     if !status.is_success() {
@@ -411,13 +403,33 @@ pub fn node_name_from_cert(pem: &[u8]) -> Result<String> {
 
 /// The parts of a kubeconfig the gate uses, files already read. kubeconfig is a Kubernetes
 /// format with many more fields, so unknown ones are ignored here.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct KubeConfig {
     pub server: String,
     pub ca: Option<Vec<u8>>,
     pub client_cert: Option<Vec<u8>>,
-    /// PEM of the private key: never logged, never in an error.
+    /// PEM of the private key: never logged, never in an error (Debug redacts it).
     pub client_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for KubeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeConfig")
+            .field("server", &self.server)
+            .field("ca", &self.ca.as_ref().map(|c| String::from_utf8_lossy(c)))
+            .field(
+                "client_cert",
+                &self
+                    .client_cert
+                    .as_ref()
+                    .map(|c| String::from_utf8_lossy(c)),
+            )
+            .field(
+                "client_key",
+                &self.client_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -659,6 +671,12 @@ users:
         assert_eq!(kc.ca.as_deref(), Some(&b"CA"[..]));
         assert_eq!(kc.client_cert.as_deref(), Some(&b"CERT"[..]));
         assert_eq!(kc.client_key.as_deref(), Some(&b"KEY"[..]));
+        let shown = format!("{kc:?}");
+        assert!(
+            shown.contains("\"CERT\"") && !shown.contains("\"KEY\""),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

@@ -426,7 +426,7 @@ pub fn deploy(spec: &SysrootSpec, fetched: &Fetched) -> Result<DeploymentInfo> {
 /// pulled or deleted. Takes effect at the next boot. Returns the new order.
 pub fn make_default(spec: &SysrootSpec, commit: &Commit) -> Result<Status> {
     reorder(spec, |list| {
-        // Prefer the booted deployment of that commit, then the first one.
+        // The first deployment of that commit (the newest, in libostree's order).
         list.iter()
             .position(|d| d.csum() == commit.as_str())
             .with_context(|| format!("no deployment of {commit} to make the default"))
