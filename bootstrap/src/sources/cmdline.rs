@@ -58,38 +58,42 @@ impl Cmdline {
     }
 
     fn fetch_url(&self, url: &str) -> Result<Vec<u8>, SourceError> {
-        let parsed =
-            url::Url::parse(url).map_err(|e| failed(format!("`{url}` is not a URL: {e}")))?;
-        match parsed.scheme() {
-            "file" => {
-                let path = parsed
-                    .to_file_path()
-                    .map_err(|()| failed(format!("`{url}` is not a local file URL")))?;
-                read_file_limited(&path, MAX_RAW_USER_DATA)
-                    .map_err(|e| failed(format!("reading {}: {e}", path.display())))
-            }
-            "http" | "https" => {
-                // A PXE environment may need a proxy to reach the config server; metadata
-                // services never do.
-                let client = http::client(self.net.timeout, true).map_err(failed)?;
-                let reply = http::send(url, &self.net.retry, MAX_RAW_USER_DATA, || {
-                    client.get(parsed.clone())
-                })
-                .map_err(|e| match e {
-                    HttpError::TooLarge { .. } => failed(format!("{url}: {e}")),
-                    HttpError::Transport(m) => failed(m),
-                })?;
-                if reply.status != 200 {
-                    // An explicitly configured URL that does not answer is an error, not a
-                    // reason to fall back to another source.
-                    return Err(failed(format!("{url}: HTTP {}", reply.status)));
-                }
-                Ok(reply.body)
-            }
-            other => Err(failed(format!(
-                "`{url}`: unsupported scheme `{other}` (use http, https or file)"
-            ))),
+        fetch_url(url, &self.net).map_err(failed)
+    }
+}
+
+/// The bytes behind a config URL (`file`, `http`, `https`), at most [`MAX_RAW_USER_DATA`];
+/// anything but `200` is an error: an explicitly configured URL that does not answer is not a
+/// reason to fall back to another source. Shared with the installer's config fetch.
+pub(crate) fn fetch_url(url: &str, net: &Net) -> Result<Vec<u8>, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "file" => {
+            let path = parsed
+                .to_file_path()
+                .map_err(|()| format!("`{url}` is not a local file URL"))?;
+            read_file_limited(&path, MAX_RAW_USER_DATA)
+                .map_err(|e| format!("reading {}: {e}", path.display()))
         }
+        "http" | "https" => {
+            // A PXE environment may need a proxy to reach the config server; metadata
+            // services never do.
+            let client = http::client(net.timeout, true)?;
+            let reply = http::send(url, &net.retry, MAX_RAW_USER_DATA, || {
+                client.get(parsed.clone())
+            })
+            .map_err(|e| match e {
+                HttpError::TooLarge { .. } => format!("{url}: {e}"),
+                HttpError::Transport(m) => m,
+            })?;
+            if reply.status != 200 {
+                return Err(format!("{url}: HTTP {}", reply.status));
+            }
+            Ok(reply.body)
+        }
+        other => Err(format!(
+            "`{url}`: unsupported scheme `{other}` (use http, https or file)"
+        )),
     }
 }
 
