@@ -6,9 +6,9 @@
 mod build_support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use build_support::{ostree, skip_reason, Fixture, KVER, REF};
+use build_support::{ostree, serve, skip_reason, Fixture, KVER, REF};
 use nodeimg_builder::build::{build, BuildOutcome};
 use nodeimg_builder::manifest::Manifest;
 use nodeimg_builder::recipe::schema::Format;
@@ -296,25 +296,6 @@ fn pxe_material_with_kernel_and_raw_image() {
     let raw_path = built.output_dir.join(&raw.name);
     assert!(raw_path.is_file());
     let _ = KVER;
-}
-
-/// A minimal static file server over `root` (what a fleet's HTTP server is).
-fn serve(root: PathBuf) -> String {
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let port = server.server_addr().to_ip().unwrap().port();
-    std::thread::spawn(move || {
-        for req in server.incoming_requests() {
-            let rel = req.url().trim_start_matches('/').to_owned();
-            let path = root.join(&rel);
-            let resp = if !rel.contains("..") && path.is_file() {
-                tiny_http::Response::from_data(fs::read(&path).unwrap()).boxed()
-            } else {
-                tiny_http::Response::empty(404).boxed()
-            };
-            let _ = req.respond(resp);
-        }
-    });
-    format!("http://127.0.0.1:{port}")
 }
 
 #[test]

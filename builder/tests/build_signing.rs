@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use build_support::{ostree, skip_reason, Fixture, REF};
+use build_support::{ostree, serve, skip_reason, Fixture, REF};
 use nodeimg_builder::build::build;
 use nodeimg_builder::deploy::{self, DeployRequest};
 use nodeimg_builder::recipe::schema::Format;
@@ -82,25 +82,6 @@ fn sign_with(recipe: &Path, key_id: &str, homedir: &str) {
         "\n[commit]\ngpg-key-id = \"{key_id}\"\ngpg-homedir = \"{homedir}\"\n"
     ));
     fs::write(recipe, text).unwrap();
-}
-
-/// A minimal static file server over `root`.
-fn serve(root: PathBuf) -> String {
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let port = server.server_addr().to_ip().unwrap().port();
-    std::thread::spawn(move || {
-        for req in server.incoming_requests() {
-            let rel = req.url().trim_start_matches('/').to_owned();
-            let path = root.join(&rel);
-            let resp = if !rel.contains("..") && path.is_file() {
-                tiny_http::Response::from_data(fs::read(&path).unwrap()).boxed()
-            } else {
-                tiny_http::Response::empty(404).boxed()
-            };
-            let _ = req.respond(resp);
-        }
-    });
-    format!("http://127.0.0.1:{port}")
 }
 
 /// `debugfs -R "cat <path>"` on every partition of `image`; the first that has it.

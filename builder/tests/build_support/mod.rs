@@ -234,3 +234,22 @@ pub fn ostree(repo: &Path, args: &[&str]) -> String {
         .stdout_string()
         .unwrap()
 }
+
+/// A minimal static file server over `root` (what a fleet's HTTP server is).
+pub fn serve(root: PathBuf) -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let port = server.server_addr().to_ip().unwrap().port();
+    std::thread::spawn(move || {
+        for req in server.incoming_requests() {
+            let rel = req.url().trim_start_matches('/').to_owned();
+            let path = root.join(&rel);
+            let resp = if !rel.contains("..") && path.is_file() {
+                tiny_http::Response::from_data(fs::read(&path).unwrap()).boxed()
+            } else {
+                tiny_http::Response::empty(404).boxed()
+            };
+            let _ = req.respond(resp);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}

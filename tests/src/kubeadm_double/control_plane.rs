@@ -175,7 +175,10 @@ impl Init {
         }
         let mut out: Vec<String> = dns.into_iter().map(|d| format!("DNS:{d}")).collect();
         out.extend(ips.into_iter().map(|i| format!("IP:{i}")));
-        out.dedup();
+        // Like kubeadm: each name once, in first-seen order (a certSANs entry may repeat the
+        // node name or the advertise address, which are not adjacent).
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|san| seen.insert(san.clone()));
         Ok(out)
     }
 }
@@ -575,7 +578,7 @@ mod tests {
         )
         .unwrap();
         let cluster: Value = serde_yaml::from_str(
-            "controlPlaneEndpoint: k8s.example:6443\napiServer:\n  certSANs: [10.1.2.3, lb.example]\n  extraArgs:\n  - {name: bind-address, value: 127.0.0.1}\n",
+            "controlPlaneEndpoint: k8s.example:6443\napiServer:\n  certSANs: [10.1.2.3, lb.example, cp-0, 10.0.2.15]\n  extraArgs:\n  - {name: bind-address, value: 127.0.0.1}\n",
         )
         .unwrap();
         let i = Init::from_docs(Some(&init), Some(&cluster)).unwrap();
