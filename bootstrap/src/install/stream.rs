@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::request::ImageUrl;
 use super::target::Target;
-use crate::sources::http::chain;
+use crate::sources::http;
 use crate::sources::Net;
 
 /// Bytes at the start of the image held back until the digest is verified.
@@ -115,34 +115,15 @@ pub fn open(url: &ImageUrl, net: &Net) -> Result<ImageStream> {
 /// is free); any other non-200 status fails at once. The per-read timeout (not a total one)
 /// lets a multi-GiB download take as long as it needs while a stalled server is noticed.
 fn http_get(url: &ImageUrl, net: &Net) -> Result<reqwest::blocking::Response> {
-    let retry = &net.retry;
-    let client = reqwest::blocking::Client::builder()
-        .connect_timeout(net.timeout)
-        .timeout(net.timeout)
-        .redirect(reqwest::redirect::Policy::limited(5))
-        .build()
-        .context("building the HTTP client")?;
-    let mut attempt = 0;
-    loop {
-        let err = match client.get(url.url().clone()).send() {
-            Ok(resp) if resp.status().as_u16() == 200 => return Ok(resp),
-            Ok(resp) => {
-                let status = resp.status();
-                if !(status.as_u16() == 429 || status.is_server_error()) {
-                    bail!("GET {url}: HTTP {status}");
-                }
-                format!("GET {url}: HTTP {status}")
-            }
-            Err(e) => format!("GET {url}: {}", chain(&e)),
-        };
-        if attempt >= retry.retries {
-            bail!("{err} (gave up after {} attempts)", attempt + 1);
-        }
-        let delay = retry.delay(attempt);
-        tracing::warn!(%err, retry_in_ms = delay.as_millis() as u64, "image download failed, retrying");
-        std::thread::sleep(delay);
-        attempt += 1;
+    let client = http::client(net.timeout, true).map_err(|e| anyhow::anyhow!(e))?;
+    let what = format!("GET {url}");
+    let resp = http::send_streaming(&what, &net.retry, || client.get(url.url().clone()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let status = resp.status();
+    if status.as_u16() != 200 {
+        bail!("{what}: HTTP {status}");
     }
+    Ok(resp)
 }
 
 /// What was streamed: the held-back regions, the image length and its digest.

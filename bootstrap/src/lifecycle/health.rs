@@ -191,6 +191,17 @@ fn http_client() -> reqwest::blocking::ClientBuilder {
         .redirect(reqwest::redirect::Policy::none())
 }
 
+/// An answer's body as text, at most [`MAX_ANSWER`] bytes (a /healthz text or one Node
+/// object); an unreadable or oversized body reads as empty, and the status decides.
+fn bounded_text(resp: reqwest::blocking::Response) -> String {
+    crate::sources::http::read_limited(resp, MAX_ANSWER)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Largest /healthz or Node answer read.
+const MAX_ANSWER: usize = 1 << 20;
+
 fn check_healthz(url: &str) -> CheckResult {
     let client = match http_client().build() {
         Ok(c) => c,
@@ -203,7 +214,7 @@ fn check_healthz(url: &str) -> CheckResult {
     match client.get(url).send() {
         Ok(resp) => {
             let status = resp.status();
-            let body = resp.text().unwrap_or_default();
+            let body = bounded_text(resp);
             if status.is_success() && body.trim() == "ok" {
                 CheckResult::Pass {
                     detail: format!("{url} ok"),
@@ -281,7 +292,7 @@ fn node_ready(cfg: &HealthConfig) -> Result<String> {
         .send()
         .map_err(|e| anyhow::anyhow!("GET {url}: {}", crate::sources::http::chain(&e)))?;
     let status = resp.status();
-    let body = resp.text().unwrap_or_default();
+    let body = bounded_text(resp);
     if !status.is_success() {
         bail!("GET {url} answered {status}: {}", body.trim());
     }

@@ -70,21 +70,32 @@ pub(crate) fn send(
     limit: usize,
     build: impl Fn() -> RequestBuilder,
 ) -> Result<Reply, HttpError> {
+    let resp = send_streaming(what, retry, build)?;
+    let status = resp.status().as_u16();
+    let body = read_limited(resp, limit)?;
+    Ok(Reply { status, body })
+}
+
+/// [`send`] without reading the body: the answer as it arrives, for downloads too large to
+/// hold in memory (the installer's image stream). Same retries and statuses.
+pub(crate) fn send_streaming(
+    what: &str,
+    retry: &Retry,
+    build: impl Fn() -> RequestBuilder,
+) -> Result<Response, HttpError> {
     let mut attempt = 0;
     loop {
-        let outcome: Result<(), String> = match build().send() {
+        let msg = match build().send() {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 if (status == 429 || status >= 500) && attempt < retry.retries {
-                    Err(format!("{what}: HTTP {status}"))
+                    format!("{what}: HTTP {status}")
                 } else {
-                    let body = read_limited(resp, limit)?;
-                    return Ok(Reply { status, body });
+                    return Ok(resp);
                 }
             }
-            Err(e) => Err(format!("{what}: {}", chain(&e))),
+            Err(e) => format!("{what}: {}", chain(&e)),
         };
-        let msg = outcome.unwrap_err();
         if attempt >= retry.retries {
             let tries = attempt + 1;
             return Err(HttpError::Transport(format!(
